@@ -1,0 +1,47 @@
+"""Parameter counts and configs, computed on the meta device so even a 13B preset costs no memory."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import DataError
+from .models import build_config
+from .models.registry import family_of_config, get_family
+
+
+def count_parameters(model: torch.nn.Module) -> dict[str, Any]:
+    """Total, non-embedding and per-component counts; tied weights are counted once."""
+    seen, total, embedding, by_component = set(), 0, 0, Counter()
+    for name, param in model.named_parameters(remove_duplicate=True):
+        if id(param) in seen:
+            continue
+        seen.add(id(param))
+        total += param.numel()
+        if "embed" in name:
+            embedding += param.numel()
+        parts = name.split(".")
+        component = ".".join(parts[:2]) if parts[0] == "model" and parts[1] != "layers" else (
+            "model.layers" if parts[1:2] == ["layers"] else parts[0])
+        by_component[component] += param.numel()
+    return {"parameters": total, "non_embedding_parameters": total - embedding, "by_component": dict(by_component)}
+
+
+def describe(run: str | None, family: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    if run is not None:
+        from transformers import AutoConfig
+
+        if not (Path(run) / "config.json").is_file():
+            raise DataError(f"{run} is not a saved model: no config.json there")
+        config = AutoConfig.from_pretrained(run)
+        fam = family_of_config(config)
+    else:
+        config = build_config(family, preset, **overrides)
+        fam = get_family(family)
+    with torch.device("meta"):
+        model = fam.model_class(config)
+    return {"family": fam.name, "model_type": config.model_type, **count_parameters(model),
+            "config": config.to_diff_dict()}

@@ -1,0 +1,20 @@
+"""Token mixers and the other building blocks the model skeleton plugs together."""
+
+from .attention import CausalSelfAttention
+from .context import MixerContext
+from .ffn import MLP, SwiGLU, build_ffn
+from .masks import attention_bias_mask
+from .norms import build_norm
+from .rotary import RotaryEmbedding, apply_rotary
+
+__all__ = [
+    "MLP",
+    "CausalSelfAttention",
+    "MixerContext",
+    "RotaryEmbedding",
+    "SwiGLU",
+    "apply_rotary",
+    "attention_bias_mask",
+    "build_ffn",
+    "build_norm",
+]

@@ -1,0 +1,26 @@
+"""Attention masks for causal mixers with padding and a cache, built once per forward."""
+
+from __future__ import annotations
+
+import torch
+
+
+def attention_bias_mask(
+    key_padding_mask: torch.Tensor | None, q_len: int, past_length: int, device: torch.device
+) -> torch.Tensor | None:
+    """Boolean (batch|1, 1, q_len, past+q_len) mask, True where query i may attend key j.
+
+    Query i sits at key index ``past_length + i``; it sees keys j <= that index which are not padding. A
+    query always sees itself, so a padded query row is never empty (its output is ignored, but it must not
+    be NaN). Returns None when ``is_causal`` (no past) or no mask at all (one query, no past padding) is exact.
+    """
+    if key_padding_mask is None and (past_length == 0 or q_len == 1):
+        return None
+    kv_len = past_length + q_len
+    q_index = torch.arange(q_len, device=device)[:, None] + past_length
+    k_index = torch.arange(kv_len, device=device)[None, :]
+    mask = (k_index <= q_index)[None, None]
+    if key_padding_mask is not None:
+        mask = mask & key_padding_mask[:, None, None, :].bool()
+        mask = mask | (k_index == q_index)[None, None]
+    return mask

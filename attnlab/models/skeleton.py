@@ -1,0 +1,258 @@
+"""The one Transformer skeleton every attnlab family plugs into.
+
+token embedding (+ learned positions) → N × Block(norm → mixer → residual, norm → FFN → residual)
+→ final norm → LM head (optionally tied to the embedding).
+
+A family is a ``AttnLabForCausalLM`` subclass that names its config class and overrides ``build_mixer``
+(and ``make_cache`` if its mixer keeps something other than keys and values while generating).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ..layers.context import MixerContext
+from ..layers.ffn import build_ffn
+from ..layers.masks import attention_bias_mask
+from ..layers.norms import build_norm
+from ..layers.rotary import RotaryEmbedding
+from .config import AttnLabConfig
+
+
+class Block(nn.Module):
+    """Pre-norm residual block around a pluggable token mixer and a feed-forward network."""
+
+    def __init__(self, config: AttnLabConfig, mixer: nn.Module):
+        super().__init__()
+        self.mixer_norm = build_norm(config.norm, config.d_model, config.norm_eps)
+        self.mixer = mixer
+        self.mixer_dropout = nn.Dropout(config.dropout)
+        self.ffn_norm = build_norm(config.norm, config.d_model, config.norm_eps)
+        self.ffn = build_ffn(config.ffn, config.d_model, config.d_ff, config.bias, config.dropout)
+        self.ffn.down.is_residual_projection = True
+
+    def forward(self, x: torch.Tensor, ctx: MixerContext) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mixed, weights = self.mixer(self.mixer_norm(x), ctx)
+        x = x + self.mixer_dropout(mixed)
+        x = x + self.ffn(self.ffn_norm(x))
+        return x, weights
+
+
+class Backbone(nn.Module):
+    """Embeddings, blocks and the final norm; returns hidden states, not logits."""
+
+    def __init__(self, config: AttnLabConfig, build_mixer):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
+        self.embed_positions = nn.Embedding(config.block_size, config.d_model) if config.pos == "learned" else None
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta) if config.pos == "rope" else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config, build_mixer(config, i)) for i in range(config.n_layers))
+        self.norm = build_norm(config.norm, config.d_model, config.norm_eps)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        batch, seq = x.shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        key_padding_mask = _key_padding_mask(attention_mask, past + seq)
+        if position_ids is None:
+            position_ids = _position_ids(key_padding_mask, batch, seq, past, x.device)
+        if self.embed_positions is not None:
+            if past + seq > self.config.block_size:
+                raise ValueError(
+                    f"sequence of {past + seq} tokens exceeds block_size={self.config.block_size} of this model "
+                    "(learned positions cannot extrapolate); shorten the input or use pos='rope'"
+                )
+            x = x + self.embed_positions(position_ids)
+        x = self.dropout(x)
+        ctx = MixerContext(
+            position_ids=position_ids,
+            rope=self.rotary(position_ids) if self.rotary is not None else None,
+            attn_mask=attention_bias_mask(key_padding_mask, seq, past, x.device),
+            key_padding_mask=key_padding_mask,
+            cache=cache,
+            past_length=past,
+            output_attentions=output_attentions,
+        )
+        hidden_states, attentions = [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                hidden_states.append(x)
+            x, weights = layer(x, ctx)
+            if output_attentions:
+                attentions.append(weights)
+        x = self.norm(x)
+        if output_hidden_states:
+            hidden_states.append(x)
+        return x, (tuple(hidden_states) if output_hidden_states else None), (
+            tuple(attentions) if output_attentions else None
+        )
+
+
+def _key_padding_mask(attention_mask: torch.Tensor | None, total: int) -> torch.Tensor | None:
+    """The 2-D mask as booleans, or None when it masks nothing (so the fast causal path stays available)."""
+    if attention_mask is None:
+        return None
+    if attention_mask.dim() != 2 or attention_mask.shape[1] != total:
+        raise ValueError(
+            f"attention_mask must have shape (batch, past + current tokens) = (*, {total}), "
+            f"got {tuple(attention_mask.shape)}"
+        )
+    mask = attention_mask.bool()
+    return None if bool(mask.all()) else mask
+
+
+def _position_ids(
+    key_padding_mask: torch.Tensor | None, batch: int, seq: int, past: int, device: torch.device
+) -> torch.Tensor:
+    """Positions count real tokens only, so a left-padded row gets the same positions as the unpadded one."""
+    if key_padding_mask is None:
+        return torch.arange(past, past + seq, device=device).expand(batch, seq)
+    return (key_padding_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -seq:]
+
+
+def causal_lm_loss(
+    logits: torch.Tensor,
+    labels: torch.Tensor | None,
+    shift_labels: torch.Tensor | None = None,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Next-token cross-entropy, ignoring -100; at least fp32 (fp64 stays fp64 for reference tests).
+
+    ``num_items_in_batch`` (passed by HF ``Trainer`` under gradient accumulation) turns the mean into a sum
+    divided by the number of target tokens in the whole accumulated batch.
+    """
+    if shift_labels is None:
+        shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    reduction = "mean" if num_items_in_batch is None else "sum"
+    loss = F.cross_entropy(
+        logits.flatten(0, -2), shift_labels.flatten().to(logits.device), ignore_index=-100, reduction=reduction
+    )
+    if num_items_in_batch is not None:
+        loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
+    return loss
+
+
+class AttnLabPreTrainedModel(PreTrainedModel):
+    config_class = AttnLabConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["Block"]
+    _supports_sdpa = True
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        """GPT-2 init: N(0, 0.02), zero biases, residual output projections scaled by 1/√(2·n_layers)."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            if getattr(module, "is_residual_projection", False):
+                std = std / math.sqrt(2 * self.config.n_layers)
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (nn.LayerNorm, nn.RMSNorm)):
+            if module.weight is not None:
+                init.ones_(module.weight)
+            if getattr(module, "bias", None) is not None:
+                init.zeros_(module.bias)
+
+
+class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
+    """A causal LM on the shared skeleton. Subclasses set ``config_class`` and implement ``build_mixer``."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: AttnLabConfig):
+        super().__init__(config)
+        self.model = Backbone(config, self.build_mixer)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.post_init()
+
+    def build_mixer(self, config: AttnLabConfig, layer_idx: int) -> nn.Module:
+        """Return the token mixer of layer ``layer_idx``: a module ``(x, MixerContext) -> (y, weights|None)``."""
+        raise NotImplementedError
+
+    def make_cache(self) -> Cache:
+        """A fresh generation cache; key/value mixers use transformers' ``DynamicCache``."""
+        return DynamicCache(config=self.config)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: Cache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
+        """Logits for every position (or the last ``logits_to_keep``); loss when ``labels`` are given.
+
+        ``labels`` are the input ids themselves (shifted inside, -100 ignored), as in every HF causal LM;
+        ``shift_labels`` are targets already aligned with the positions (the trainer's next-token windows).
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = self.make_cache()
+        hidden, all_hidden, attentions = self.model(
+            input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=past_key_values if use_cache else None,
+            output_attentions=bool(output_attentions),
+            output_hidden_states=bool(output_hidden_states),
+        )
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+        loss = None
+        if labels is not None or shift_labels is not None:
+            loss = causal_lm_loss(logits, labels, shift_labels, kwargs.get("num_items_in_batch"))
+        return CausalLMOutputWithPast(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden,
+            attentions=attentions,
+        )
