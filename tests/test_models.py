@@ -159,3 +159,18 @@ def test_output_attentions_and_hidden_states_shapes():
     out = model(torch.randint(0, 256, (1, 8)), output_attentions=True, output_hidden_states=True)
     assert len(out.attentions) == model.config.n_layers and out.attentions[0].shape == (1, 4, 8, 8)
     assert len(out.hidden_states) == model.config.n_layers + 1
+
+
+def test_generate_uses_the_family_cache_factory():
+    """Families with recurrent or conv state override ``make_cache``; generate() must call it."""
+    model = make("gpt")
+    calls = []
+    original = model.make_cache
+
+    def counting_cache():
+        calls.append(1)
+        return original()
+
+    model.make_cache = counting_cache
+    model.generate(torch.randint(0, 256, (1, 4)), max_new_tokens=3, do_sample=False, pad_token_id=0)
+    assert calls == [1]

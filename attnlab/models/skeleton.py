@@ -200,6 +200,14 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
         """A fresh generation cache; key/value mixers use transformers' ``DynamicCache``."""
         return DynamicCache(config=self.config)
 
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        """Let ``generate()`` use the family's own cache (recurrent state, conv state...) via ``make_cache``."""
+        wants_default = generation_config.cache_implementation in (None, "dynamic")
+        if model_kwargs.get("past_key_values") is None and generation_config.use_cache and wants_default:
+            model_kwargs["past_key_values"] = self.make_cache()
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 

@@ -1,0 +1,112 @@
+"""Resumable training checkpoints, written atomically and loaded without unpickling arbitrary objects.
+
+Layout under ``<run>/checkpoints/``::
+
+    step-000300/model.safetensors   weights (safetensors)
+    step-000300/optimizer.pt        optimizer state (tensors and numbers only; loaded with weights_only=True)
+    step-000300/rng.pt              CPU and CUDA generator states
+    step-000300/state.json          step, tokens seen, elapsed time, best validation
+    latest.json                     {"step": 300, "path": "step-000300"}, replaced atomically last
+
+A checkpoint directory is complete before ``latest.json`` points at it, so a kill at any moment leaves
+the previous checkpoint usable.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..io import atomic_path, write_json
+
+KEEP_LAST = 2
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["cpu"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any]
+) -> Path:
+    root = Path(run_dir) / "checkpoints"
+    name = f"step-{state['step']:07d}"
+    final = root / name
+    staging = root / f".{name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    # Tied weights share storage; safetensors refuses aliases, so store each tensor once (contiguous clone).
+    weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    for k in _aliased_keys(model):
+        weights.pop(k, None)
+    save_file(weights, str(staging / "model.safetensors"))
+    torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    torch.save(_rng_state(), staging / "rng.pt")
+    write_json(staging / "state.json", state)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    write_json(root / "latest.json", {"step": state["step"], "path": name})
+    for old in sorted(root.glob("step-*"))[:-KEEP_LAST]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _aliased_keys(model: nn.Module) -> list[str]:
+    """State-dict keys that alias an earlier key (tied embeddings); restored by tying on load."""
+    seen, aliases = {}, []
+    for key, tensor in model.state_dict().items():
+        ptr = tensor.data_ptr()
+        if ptr in seen:
+            aliases.append(key)
+        else:
+            seen[ptr] = key
+    return aliases
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    pointer = Path(run_dir) / "checkpoints" / "latest.json"
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / json.loads(pointer.read_text())["path"]
+    return path if path.is_dir() else None
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore weights, optimizer and RNG in place; return the saved trainer state."""
+    weights = load_file(str(path / "model.safetensors"))
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    missing = set(missing) - set(_aliased_keys(model))
+    if missing or unexpected:
+        raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing}, unexpected {unexpected}")
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    return json.loads((path / "state.json").read_text())
+
+
+def export_model(run_dir: Path, model, tokenizer) -> None:
+    """Save the model and tokenizer in Hugging Face format at the run root, one file at a time atomically."""
+    run_dir = Path(run_dir)
+    staging = run_dir / ".export.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(staging)
+    for item in staging.iterdir():
+        with atomic_path(run_dir / item.name) as tmp:
+            shutil.copyfile(item, tmp)
+    shutil.rmtree(staging, ignore_errors=True)

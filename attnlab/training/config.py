@@ -1,0 +1,132 @@
+"""Every option of a training run, with the checks that turn impossible settings into one-line errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+
+DTYPES = ("float32", "bfloat16")
+OPTIMIZERS = ("adamw",)
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "gpt"
+    preset: str = "tiny"
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # data
+    data: str = "shakespeare"
+    text_field: str = "text"
+    hf_config: str | None = None
+    hf_split: str = "train"
+    max_docs: int | None = None
+    tokenizer: str = "byte"
+    vocab_size: int = 4096
+    val_fraction: float = 0.1
+    # batching: batch_size sequences of block_size tokens per process and micro-step
+    batch_size: int = 16
+    block_size: int | None = None
+    tokens_per_step: int | None = None
+    # optimisation
+    optimizer: str = "adamw"
+    max_steps: int = 1000
+    lr: float = 1e-3
+    min_lr: float | None = None
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    decay_embeddings: bool = False
+    # runtime
+    device: str = "auto"
+    dtype: str = "float32"
+    compile: bool = False
+    seed: int = 1337
+    # evaluation, logging, checkpoints
+    eval_interval: int = 200
+    eval_tokens: int | None = 65536
+    log_interval: int = 10
+    checkpoint_interval: int | None = None
+    sample_tokens: int = 200
+    sample_prompt: str = "\n"
+    out_dir: str | None = None
+    resume: bool = False
+    max_minutes: float | None = None
+    stop_at_step: int | None = None
+    progress: bool = True
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/{self.model}-{self.preset}")
+
+    @property
+    def final_lr(self) -> float:
+        return self.lr / 10 if self.min_lr is None else self.min_lr
+
+    @property
+    def save_every(self) -> int:
+        return self.checkpoint_interval or self.eval_interval
+
+    def check(self) -> None:
+        positive = ["batch_size", "max_steps", "eval_interval", "log_interval", "vocab_size"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("block_size", "tokens_per_step", "checkpoint_interval", "eval_tokens", "stop_at_step"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+        if self.lr <= 0 or self.final_lr < 0 or self.final_lr > self.lr:
+            raise ConfigError(f"need 0 <= min_lr <= lr and lr > 0, got lr={self.lr}, min_lr={self.min_lr}")
+        if not 0 <= self.warmup_steps <= self.max_steps:
+            raise ConfigError(f"warmup_steps must be in [0, max_steps={self.max_steps}], got {self.warmup_steps}")
+        if not 0 < self.val_fraction <= 0.5:
+            raise ConfigError(f"val_fraction must be in (0, 0.5], got {self.val_fraction}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.grad_clip < 0 or self.weight_decay < 0:
+            raise ConfigError("grad_clip and weight_decay must be >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON file of training options (and a ``model_overrides`` mapping)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes one line
+        raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} must contain a mapping of option: value")
+    return values

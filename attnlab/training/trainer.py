@@ -1,0 +1,374 @@
+"""``attnlab train``: one loop for every family, on one CPU or many GPUs (torchrun + DDP).
+
+Determinism is by construction: the batch of (step, micro-step) is a pure function of the seed, the learning
+rate is a pure function of the step, and a checkpoint holds weights, optimizer and RNG. So a run killed at
+step k and resumed with ``resume=True`` computes exactly what the uninterrupted run computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch.nn.parallel import DistributedDataParallel
+from transformers import AutoConfig
+from transformers.utils import logging as hf_logging
+
+from ..errors import ConfigError
+from ..evaluation import autocast_context, evaluate
+from ..io import write_json
+from ..models import build_config, get_family
+from . import distributed
+from .checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .optim import build_optimizer, lr_at
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    tokens_seen: int
+    train_loss: float
+    val: dict[str, float] = field(default_factory=dict)
+    best_val_bpb: float | None = None
+    elapsed_s: float = 0.0
+
+
+def train(cfg: TrainConfig, console: Console | None = None) -> TrainResult:
+    """Run (or resume) a training run described by ``cfg``; returns the final metrics."""
+    info = distributed.init_distributed()
+    try:
+        return Trainer(cfg, info, console).fit()
+    finally:
+        distributed.shutdown(info)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, info: distributed.DistInfo, console: Console | None = None):
+        hf_logging.disable_progress_bar()
+        self.cfg, self.info = cfg, info
+        self.console = console or Console(stderr=True)
+        self.device = distributed.pick_device(cfg.device, info)
+        self.run_dir = cfg.run_dir
+        self.checkpoint = self._find_checkpoint()
+        self.data = self._prepare_data()
+        self.model = self._build_model()
+        self.block_size = cfg.block_size or self.model.config.block_size
+        if self.block_size > self.model.config.block_size and self.model.config.pos == "learned":
+            raise ConfigError(
+                f"block_size {self.block_size} exceeds the model's {self.model.config.block_size} learned positions"
+            )
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.accum_steps = self._accumulation_steps()
+        self.state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val_bpb": None}
+        if self.checkpoint is not None:
+            self.state = load_checkpoint(self.checkpoint, self.model, self.optimizer)
+        else:
+            torch.manual_seed(cfg.seed + info.rank)  # dropout streams; weights were seeded identically
+        self.step_model = self._wrap_model()
+
+    # ----------------------------------------------------------------------------------------- setup
+    def _find_checkpoint(self) -> Path | None:
+        found = latest_checkpoint(self.run_dir)
+        if self.cfg.resume and found is None:
+            raise ConfigError(f"--resume: no checkpoint in {self.run_dir}")
+        if not self.cfg.resume and found is not None:
+            raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or pick --out-dir")
+        return found
+
+    def _prepare_data(self):
+        from ..data import prepare_data
+
+        cfg = self.cfg
+        tokenizer = cfg.tokenizer
+        if self.checkpoint is not None and (self.run_dir / "tokenizer.json").is_file():
+            tokenizer = str(self.run_dir)  # the run's own tokenizer, exactly as trained
+        kwargs = dict(
+            vocab_size=cfg.vocab_size,
+            val_fraction=cfg.val_fraction,
+            text_field=cfg.text_field,
+            hf_config=cfg.hf_config,
+            hf_split=cfg.hf_split,
+            max_docs=cfg.max_docs,
+        )
+        # The main process tokenizes and fills the cache; the others then read it.
+        if self.info.is_main:
+            data = prepare_data(cfg.data, tokenizer, progress=cfg.progress, **kwargs)
+        distributed.barrier(self.info)
+        if not self.info.is_main:
+            data = prepare_data(cfg.data, tokenizer, progress=False, **kwargs)
+        return data
+
+    def _build_model(self):
+        cfg, tok = self.cfg, self.data.tokenizer
+        if self.checkpoint is not None:
+            config = AutoConfig.from_pretrained(self.run_dir)
+            family = get_family(cfg.model)
+        else:
+            overrides = dict(cfg.model_overrides)
+            overrides.setdefault("vocab_size", len(tok))
+            if cfg.block_size is not None:
+                overrides.setdefault("block_size", cfg.block_size)
+            overrides.setdefault("eos_token_id", tok.eos_token_id)
+            overrides.setdefault("pad_token_id", tok.pad_token_id)
+            config = build_config(cfg.model, cfg.preset, **overrides)
+            family = get_family(cfg.model)
+        if config.vocab_size < len(tok):
+            raise ConfigError(f"vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tok)} tokens")
+        torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
+        return family.model_class(config).to(self.device)
+
+    def _accumulation_steps(self) -> int:
+        per_micro = self.cfg.batch_size * self.block_size * self.info.world_size
+        if self.cfg.tokens_per_step is None:
+            return 1
+        return max(1, round(self.cfg.tokens_per_step / per_micro))
+
+    def _wrap_model(self):
+        model = self.model
+        if self.info.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = DistributedDataParallel(model, device_ids=device_ids)
+        if self.cfg.compile:
+            model = torch.compile(model)
+        return model
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.accum_steps * self.cfg.batch_size * self.block_size * self.info.world_size
+
+    # ------------------------------------------------------------------------------------------ loop
+    def fit(self) -> TrainResult:
+        cfg, main = self.cfg, self.info.is_main
+        if main:
+            self._write_run_files()
+            self._announce()
+        start_step = self.state["step"]
+        started = time.perf_counter() - self.state["elapsed_s"]
+        last_loss, val = float("nan"), {}
+        progress = self._progress(start_step) if main else contextlib.nullcontext()
+        with progress as bar, self._tensorboard() as tb:
+            task = bar.add_task("train", total=cfg.max_steps, completed=start_step, loss="", tps="") if bar else None
+            window_start, window_tokens = time.perf_counter(), 0
+            step = start_step
+            while step < cfg.max_steps and not self._should_stop(step, started):
+                last_loss = self._train_step(step)
+                step += 1
+                self.state["step"] = step
+                self.state["tokens_seen"] += self.tokens_per_step
+                window_tokens += self.tokens_per_step
+                if step % cfg.log_interval == 0 or step == cfg.max_steps:
+                    now = time.perf_counter()
+                    tps = window_tokens / max(now - window_start, 1e-9)
+                    window_start, window_tokens = now, 0
+                    self._log({"step": step, "loss": last_loss, "lr": lr_at(step - 1, cfg), "tok_per_s": tps}, tb)
+                    if bar:
+                        bar.update(task, completed=step, loss=f"{last_loss:.4f}", tps=f"{tps:,.0f}")
+                if step % cfg.eval_interval == 0 or step == cfg.max_steps:
+                    val = self._validate(step, tb, bar)
+                if step % cfg.save_every == 0 or step == cfg.max_steps:
+                    self.state["elapsed_s"] = time.perf_counter() - started
+                    self._save()
+            if step > start_step and step % cfg.save_every and step != cfg.max_steps:
+                if step % cfg.eval_interval:
+                    val = self._validate(step, tb, bar)
+                self.state["elapsed_s"] = time.perf_counter() - started
+                self._save()
+        self.state["elapsed_s"] = time.perf_counter() - started
+        return TrainResult(
+            run_dir=self.run_dir,
+            step=self.state["step"],
+            tokens_seen=self.state["tokens_seen"],
+            train_loss=last_loss,
+            val=val,
+            best_val_bpb=self.state["best_val_bpb"],
+            elapsed_s=self.state["elapsed_s"],
+        )
+
+    def _should_stop(self, step: int, started: float) -> bool:
+        cfg = self.cfg
+        if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+            return True
+        if cfg.max_minutes is None:
+            return False
+        over = time.perf_counter() - started > 60 * cfg.max_minutes
+        if self.info.enabled:  # every rank must agree, or DDP deadlocks
+            flag = torch.tensor([float(over)], device=self.device)
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            over = bool(flag.item())
+        return over
+
+    def _train_step(self, step: int) -> float:
+        cfg, info = self.cfg, self.info
+        lr = lr_at(step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        total = 0.0
+        # One global batch per step, whatever the accumulation and world size; each (micro-step, rank)
+        # takes its own rows. So 2 processes or 2 micro-steps of B rows train exactly like one of 2B.
+        global_rows = cfg.batch_size * info.world_size * self.accum_steps
+        xs, ys = self.data.train.batch(step, global_rows, self.block_size, cfg.seed)
+        for micro in range(self.accum_steps):
+            first = (micro * info.world_size + info.rank) * cfg.batch_size
+            rows = slice(first, first + cfg.batch_size)
+            x, y = xs[rows].to(self.device), ys[rows].to(self.device)
+            sync = micro == self.accum_steps - 1 or not info.enabled
+            with contextlib.nullcontext() if sync else self.step_model.no_sync():
+                with autocast_context(self.device, cfg.dtype):
+                    loss = self.step_model(input_ids=x, shift_labels=y, use_cache=False).loss
+                (loss / self.accum_steps).backward()
+            total += loss.detach()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        mean = total / self.accum_steps
+        if info.enabled:
+            torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
+        return float(mean)
+
+    # ------------------------------------------------------------------------------- eval and output
+    def _validate(self, step: int, tb, bar) -> dict[str, float]:
+        if not self.info.is_main:
+            distributed.barrier(self.info)
+            return {}
+        cfg = self.cfg
+        val = evaluate(
+            self.model,
+            self.data.val,
+            byte_lengths=self.data.byte_lengths,
+            batch_size=cfg.batch_size,
+            block_size=self.block_size,
+            max_tokens=cfg.eval_tokens,
+            device=self.device,
+            dtype=cfg.dtype,
+        )
+        best = self.state["best_val_bpb"]
+        self.state["best_val_bpb"] = val["bpb"] if best is None else min(best, val["bpb"])
+        self._log({"step": step, **{f"val_{k}": v for k, v in val.items()}}, tb)
+        sample = self.sample() if cfg.sample_tokens else ""
+        printer = bar.console if bar else self.console
+        printer.print(
+            f"[bold]step {step:>6}[/] val loss {val['loss']:.4f}  ppl {val['ppl']:.2f}  "
+            f"[bold green]bits/byte {val['bpb']:.4f}[/]"
+        )
+        if sample:
+            printer.print(f"[dim]{sample.strip()}[/]", markup=True, highlight=False)
+            self._append_sample(step, sample)
+        distributed.barrier(self.info)
+        return val
+
+    @torch.no_grad()
+    def sample(self, max_new_tokens: int | None = None, seed: int | None = None) -> str:
+        """Generate from ``sample_prompt`` without touching the training RNG streams."""
+        tok, cfg = self.data.tokenizer, self.cfg
+        ids = tok(cfg.sample_prompt, return_tensors="pt").input_ids
+        if ids.numel() == 0:
+            ids = torch.tensor([[tok.eos_token_id or 0]])
+        n_new = min(max_new_tokens or cfg.sample_tokens, self.model.config.block_size - ids.shape[1])
+        if n_new <= 0:
+            return ""
+        was_training = self.model.training
+        self.model.eval()
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(cfg.seed if seed is None else seed)
+            out = self.model.generate(
+                ids.to(self.device), max_new_tokens=n_new, do_sample=True, top_k=50, temperature=0.8,
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            )
+        self.model.train(was_training)
+        return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+    def _append_sample(self, step: int, text: str) -> None:
+        with open(self.run_dir / "samples.txt", "a") as f:
+            f.write(f"===== step {step} =====\n{text}\n\n")
+
+    def _save(self) -> None:
+        if self.info.is_main:
+            save_checkpoint(self.run_dir, self.model, self.optimizer, dict(self.state))
+            export_model(self.run_dir, self.model, self.data.tokenizer)
+        distributed.barrier(self.info)
+
+    def _write_run_files(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.run_dir / "train_config.json", self.cfg.to_dict())
+        write_json(
+            self.run_dir / "run_info.json",
+            {
+                "family": self.cfg.model,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "tokens_per_step": self.tokens_per_step,
+                "accumulation_steps": self.accum_steps,
+                "world_size": self.info.world_size,
+                "device": str(self.device),
+                "data": self.data.meta,
+                "torch": torch.__version__,
+            },
+        )
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():  # drop what a killed run logged after its last checkpoint
+            keep = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.state["step"]]
+            metrics.write_text("".join(line + "\n" for line in keep))
+
+    def _announce(self) -> None:
+        cfg, n = self.cfg, sum(p.numel() for p in self.model.parameters())
+        verb = f"resuming at step {self.state['step']}" if self.checkpoint else "training"
+        self.console.print(
+            f"[bold]{verb}[/] {cfg.model}/{cfg.preset}: {n / 1e6:.2f}M parameters on {self.device} "
+            f"({self.info.world_size} process{'es' if self.info.enabled else ''}), "
+            f"{len(self.data.train):,} train / {len(self.data.val):,} val tokens, "
+            f"{self.tokens_per_step:,} tokens/step × {cfg.max_steps} steps → {self.run_dir}"
+        )
+
+    def _log(self, record: dict[str, Any], tb) -> None:
+        if not self.info.is_main:
+            return
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if tb is not None:
+            for key, value in record.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    tb.add_scalar(key, value, record["step"])
+        if not self.cfg.progress and "loss" in record:
+            self.console.print(
+                f"step {record['step']:>6}  loss {record['loss']:.4f}  lr {record['lr']:.2e}  "
+                f"{record['tok_per_s']:,.0f} tok/s"
+            )
+
+    def _progress(self, start_step: int) -> Progress | contextlib.nullcontext:
+        if not self.cfg.progress:
+            return contextlib.nullcontext()
+        return Progress(
+            TextColumn("[bold blue]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TimeRemainingColumn(),
+            console=self.console,
+        )
+
+    @contextlib.contextmanager
+    def _tensorboard(self):
+        writer = None
+        if self.cfg.tensorboard and self.info.is_main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+            except ImportError:
+                writer = None
+        try:
+            yield writer
+        finally:
+            if writer is not None:
+                writer.close()

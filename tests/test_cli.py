@@ -1,0 +1,89 @@
+"""The command line: user mistakes end in one clear line and exit code 2; the happy paths work."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from attnlab.cli import main
+
+
+def run_main(capsys, *args):
+    """main() in-process: its return code, or the code argparse exits with."""
+    try:
+        code = main(list(args))
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--no-such-flag"], "unrecognized arguments"),
+        (["train", "--max-steps", "ten"], "invalid int value"),
+        (["train", "--set", "d_model=30", "--preset", "debug", "--data", "{corpus}"], "divisible by n_heads"),
+        (["train", "--set", "d_model"], "--set expects KEY=VALUE"),
+        (["train", "--block-size", "0", "--data", "{corpus}"], "block_size must be positive"),
+        (["train", "--data", "/no/such/file.txt"], "no such file"),
+        (["train", "--model", "nope"], "unknown model family"),
+        (["train", "--dtype", "float16"], "dtype must be one of"),
+        (["train", "--config", "/no/such.yaml"], "config file not found"),
+        (["train", "--resume"], "no checkpoint"),
+        (["info", "--preset", "galactic"], "unknown preset"),
+        (["generate", "/no/such/run"], "not a saved model"),
+        (["eval", "/no/such/run"], "not a saved model"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 200)
+    args = [a.replace("{corpus}", str(corpus)) for a in args]
+    if args[0] == "train":
+        args += ["--out-dir", str(tmp_path / "run"), "--no-progress"]
+    code, out, err = run_main(capsys, *args)
+    assert code == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], err
+
+
+def test_a_real_process_exits_2_without_a_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "attnlab", "train", "--preset", "debug", "--set", "n_heads=3"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "attnlab train: error: d_model (32) must be divisible by n_heads (3)"
+
+
+def test_info_counts_parameters(capsys):
+    assert main(["info", "--model", "gpt", "--preset", "medium", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["parameters"] == 124_439_808  # GPT-2 small
+    assert report["config"]["n_layers"] == 12
+
+
+def test_models_lists_every_family(capsys):
+    assert main(["models"]) == 0
+    assert "gpt" in capsys.readouterr().out
+
+
+def test_train_eval_generate_end_to_end(tmp_path, capsys):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 300)
+    run = tmp_path / "run"
+    config = tmp_path / "cfg.yaml"
+    config.write_text("preset: debug\nmax_steps: 100\nbatch_size: 8\nblock_size: 32\nlr: 0.01\n"
+                      "warmup_steps: 3\neval_interval: 100\nsample_tokens: 0\nprogress: false\n")
+    assert main(["train", "--config", str(config), "--data", str(corpus), "--out-dir", str(run),
+                 "--set", "n_heads=2", "--no-tensorboard"]) == 0
+    assert json.loads((run / "config.json").read_text())["n_heads"] == 2
+    assert main(["eval", str(run), "--data", str(corpus), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["bpb"] < 1.5 and metrics["tokens"] > 0
+    assert main(["generate", str(run), "--prompt", "to be", "--max-new-tokens", "12", "--greedy"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("to be") and len(text) > len("to be")
+    # resuming with a larger step budget continues the same run
+    assert main(["train", "--out-dir", str(run), "--resume", "--max-steps", "110"]) == 0
+    assert json.loads((run / "checkpoints/latest.json").read_text())["step"] == 110
