@@ -14,7 +14,7 @@ $(VENV)/.attnlab-installed: pyproject.toml scripts/bootstrap.sh
 ## Train the tiny GPT baseline on the built-in Shakespeare corpus (about 8 minutes on 2 CPU cores).
 demo: setup
 	$(PY) -m attnlab train --config benchmarks/demo.yaml --out-dir $(RUN)
-	$(PY) -m attnlab generate $(RUN) --prompt "ROMEO:" --max-new-tokens 300
+	$(PY) -m attnlab generate $(RUN) --prompt "ROMEO:" --max-new-tokens 240
 
 ## The test suite (CPU, a few minutes). Slow checks: make test-slow.
 test: setup

@@ -232,11 +232,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
     ids = tok(args.prompt, return_tensors="pt").input_ids.to(device)
     if ids.shape[1] == 0:
         raise ConfigError("the prompt encodes to no tokens")
-    limit = model.config.block_size if model.config.pos == "learned" else None
     new = args.max_new_tokens
-    if limit is not None and ids.shape[1] + new > limit:
-        ids = ids[:, -max(1, limit - new):]
-        new = limit - ids.shape[1]
+    if model.config.pos == "learned":  # learned positions end at block_size: fit prompt + output into it
+        limit = model.config.block_size
+        if ids.shape[1] >= limit:
+            ids = ids[:, -(limit // 2):]
+            print(f"note: prompt cut to its last {ids.shape[1]} tokens (block_size {limit})", file=sys.stderr)
+        if ids.shape[1] + new > limit:
+            new = limit - ids.shape[1]
+            print(f"note: generating {new} tokens, the most that fit in block_size {limit}", file=sys.stderr)
     torch.manual_seed(args.seed)
     streamer = TextStreamer(tok, skip_special_tokens=True)
     sampling = dict(do_sample=False) if args.greedy else dict(

@@ -84,6 +84,9 @@ def test_train_eval_generate_end_to_end(tmp_path, capsys):
     assert main(["generate", str(run), "--prompt", "to be", "--max-new-tokens", "12", "--greedy"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("to be") and len(text) > len("to be")
+    # a prompt longer than the learned positions allow is cut, and the output fits the context
+    assert main(["generate", str(run), "--prompt", "to be or not " * 5, "--max-new-tokens", "40"]) == 0
+    assert "prompt cut" in capsys.readouterr().err
     # resuming with a larger step budget continues the same run
     assert main(["train", "--out-dir", str(run), "--resume", "--max-steps", "110"]) == 0
     assert json.loads((run / "checkpoints/latest.json").read_text())["step"] == 110

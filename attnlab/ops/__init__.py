@@ -1,0 +1,1 @@
+"""Kernels of the token mixers and their fast parallel forms (naive references live in the tests)."""
