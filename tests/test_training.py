@@ -166,3 +166,10 @@ def test_ddp_two_gloo_processes_match_one_process(corpus, tmp_path):
     a, b = weights(tmp_path / "ddp"), weights(tmp_path / "single")
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_to_the_same_loss(corpus, tmp_path):
+    eager = train(config(corpus, tmp_path / "eager", max_steps=4))
+    compiled = train(config(corpus, tmp_path / "compiled", max_steps=4, compile=True))
+    assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-4)
