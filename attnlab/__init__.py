@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .api import evaluate, generate, info, train
 from .errors import AttnlabError, ConfigError, DataError
 from .models import (
     AttnLabConfig,
@@ -51,7 +52,11 @@ __all__ = [
     "GPTForCausalLM",
     "build_config",
     "create_model",
+    "evaluate",
+    "generate",
+    "info",
     "list_models",
     "load",
     "load_tokenizer",
+    "train",
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -179,8 +180,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = train_config_from_args(args)
     console = Console(stderr=True)
     result = train(cfg, console)
-    import os
-
     if int(os.environ.get("RANK", "0")) == 0:
         val = result.val
         summary = f"done: step {result.step}, {result.tokens_seen:,} tokens in {result.elapsed_s / 60:.1f} min"
@@ -191,24 +190,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(name: str):
-    from .training.distributed import DistInfo, pick_device
-
-    return pick_device(name, DistInfo())
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from . import load, load_tokenizer
-    from .data import prepare_data
-    from .evaluation import evaluate
+    from .api import evaluate
 
-    device = _device(args.device)
-    model = load(args.run, device=str(device))
-    data = prepare_data(args.data, load_tokenizer(args.run), val_fraction=args.val_fraction,
-                        text_field=args.text_field)
-    block = args.block_size or model.config.block_size
-    metrics = evaluate(model, getattr(data, args.split), byte_lengths=data.byte_lengths, batch_size=args.batch_size,
-                       block_size=block, max_tokens=args.max_tokens, device=device, dtype=args.dtype)
+    metrics = evaluate(args.run, args.data, split=args.split, val_fraction=args.val_fraction,
+                       text_field=args.text_field, block_size=args.block_size, batch_size=args.batch_size,
+                       max_tokens=args.max_tokens, device=args.device, dtype=args.dtype)
     if args.json:
         print(json.dumps(metrics))
     else:
@@ -218,42 +205,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    import torch
-    from transformers import TextStreamer
+    from .api import generate
 
-    from . import load, load_tokenizer
-
-    if args.max_new_tokens <= 0:
-        raise ConfigError("--max-new-tokens must be positive")
-    if args.temperature <= 0 and not args.greedy:
-        raise ConfigError("--temperature must be > 0 (or use --greedy)")
-    device = _device(args.device)
-    model, tok = load(args.run, device=str(device)), load_tokenizer(args.run)
-    ids = tok(args.prompt, return_tensors="pt").input_ids.to(device)
-    if ids.shape[1] == 0:
-        raise ConfigError("the prompt encodes to no tokens")
-    new = args.max_new_tokens
-    if model.config.pos == "learned":  # learned positions end at block_size: fit prompt + output into it
-        limit = model.config.block_size
-        if ids.shape[1] >= limit:
-            ids = ids[:, -(limit // 2):]
-            print(f"note: prompt cut to its last {ids.shape[1]} tokens (block_size {limit})", file=sys.stderr)
-        if ids.shape[1] + new > limit:
-            new = limit - ids.shape[1]
-            print(f"note: generating {new} tokens, the most that fit in block_size {limit}", file=sys.stderr)
-    torch.manual_seed(args.seed)
-    streamer = TextStreamer(tok, skip_special_tokens=True)
-    sampling = dict(do_sample=False) if args.greedy else dict(
-        do_sample=True, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p)
-    model.generate(ids, max_new_tokens=new, streamer=streamer, pad_token_id=tok.pad_token_id or tok.eos_token_id,
-                   **sampling)
+    generate(args.run, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+             top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed, device=args.device,
+             stream=True)
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .inspect import describe
+    from .api import info
 
-    report = describe(args.run, args.model, args.preset, _parse_overrides(args.set))
+    report = info(args.run, args.model, args.preset, **_parse_overrides(args.set))
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -90,3 +90,18 @@ def test_train_eval_generate_end_to_end(tmp_path, capsys):
     # resuming with a larger step budget continues the same run
     assert main(["train", "--out-dir", str(run), "--resume", "--max-steps", "110"]) == 0
     assert json.loads((run / "checkpoints/latest.json").read_text())["step"] == 110
+
+
+def test_python_api_mirrors_the_cli(tmp_path):
+    import attnlab
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("to be or not to be, that is the question\n" * 300)
+    result = attnlab.train(preset="debug", data=str(corpus), max_steps=60, batch_size=8, block_size=32, lr=1e-2,
+                           warmup_steps=3, eval_interval=60, sample_tokens=0, progress=False,
+                           tensorboard=False, out_dir=str(tmp_path / "run"))
+    metrics = attnlab.evaluate(tmp_path / "run", str(corpus))
+    assert metrics["bpb"] == pytest.approx(result.val["bpb"], rel=1e-6)
+    text = attnlab.generate(tmp_path / "run", "to be", max_new_tokens=10, greedy=True)
+    assert text.startswith("to be") and len(text) == len("to be") + 10
+    assert attnlab.info(tmp_path / "run")["parameters"] == sum(p.numel() for p in attnlab.load(tmp_path / "run").parameters())

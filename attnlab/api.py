@@ -1,0 +1,127 @@
+"""The Python API that mirrors the command line: train, evaluate, generate, info."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import ConfigError
+
+
+def train(config=None, **options):
+    """``attnlab train``: ``train(preset="tiny", max_steps=500)`` or ``train(TrainConfig(...))``."""
+    from .training import TrainConfig
+    from .training import train as run_training
+
+    if config is not None and options:
+        raise ConfigError("pass either a TrainConfig or keyword options, not both")
+    return run_training(config or TrainConfig(**options))
+
+
+def evaluate(
+    run: str | Path,
+    data: str = "shakespeare",
+    *,
+    split: str = "val",
+    val_fraction: float = 0.1,
+    text_field: str = "text",
+    block_size: int | None = None,
+    batch_size: int = 8,
+    max_tokens: int | None = None,
+    device: str = "auto",
+    dtype: str = "float32",
+) -> dict[str, float]:
+    """``attnlab eval``: loss, perplexity and bits per byte of a saved model on a split of ``data``."""
+    from . import load, load_tokenizer
+    from .data import prepare_data
+    from .evaluation import evaluate as evaluate_model
+
+    if split not in ("train", "val"):
+        raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
+    torch_device = _device(device)
+    model = load(run, device=str(torch_device))
+    prepared = prepare_data(data, load_tokenizer(run), val_fraction=val_fraction, text_field=text_field)
+    return evaluate_model(
+        model,
+        getattr(prepared, split),
+        byte_lengths=prepared.byte_lengths,
+        batch_size=batch_size,
+        block_size=block_size or model.config.block_size,
+        max_tokens=max_tokens,
+        device=torch_device,
+        dtype=dtype,
+    )
+
+
+def generate(
+    run: str | Path,
+    prompt: str = "\n",
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    stream: bool = False,
+) -> str:
+    """``attnlab generate``: the prompt and its continuation as text (printed as it comes when ``stream``)."""
+    from transformers import TextStreamer
+
+    from . import load, load_tokenizer
+
+    if max_new_tokens <= 0:
+        raise ConfigError("max_new_tokens must be positive")
+    if temperature <= 0 and not greedy:
+        raise ConfigError("temperature must be > 0 (or use greedy decoding)")
+    torch_device = _device(device)
+    model, tok = load(run, device=str(torch_device)), load_tokenizer(run)
+    ids = tok(prompt, return_tensors="pt").input_ids.to(torch_device)
+    if ids.shape[1] == 0:
+        raise ConfigError("the prompt encodes to no tokens")
+    ids, max_new_tokens = _fit_context(model.config, ids, max_new_tokens)
+    torch.manual_seed(seed)
+    sampling = (
+        dict(do_sample=False)
+        if greedy
+        else dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+    )
+    out = model.generate(
+        ids,
+        max_new_tokens=max_new_tokens,
+        streamer=TextStreamer(tok, skip_special_tokens=True) if stream else None,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        **sampling,
+    )
+    return tok.decode(out[0], skip_special_tokens=True)
+
+
+def _fit_context(config, ids: torch.Tensor, new: int) -> tuple[torch.Tensor, int]:
+    """Learned positions end at block_size: cut the prompt and the output to fit, and say so."""
+    if config.pos != "learned":
+        return ids, new
+    limit = config.block_size
+    if ids.shape[1] >= limit:
+        ids = ids[:, -(limit // 2):]
+        print(f"note: prompt cut to its last {ids.shape[1]} tokens (block_size {limit})", file=sys.stderr)
+    if ids.shape[1] + new > limit:
+        new = limit - ids.shape[1]
+        print(f"note: generating {new} tokens, the most that fit in block_size {limit}", file=sys.stderr)
+    return ids, new
+
+
+def info(run: str | Path | None = None, model: str = "gpt", preset: str = "tiny", **overrides) -> dict[str, Any]:
+    """``attnlab info``: parameter counts (total, without embeddings, per component) and the config."""
+    from .inspect import describe
+
+    return describe(None if run is None else str(run), model, preset, overrides)
+
+
+def _device(name: str) -> torch.device:
+    from .training.distributed import DistInfo, pick_device
+
+    return pick_device(name, DistInfo())
