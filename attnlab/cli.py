@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with streamed text
     try:
         return {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info,
                 "models": cmd_models}[args.command](args)

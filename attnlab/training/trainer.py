@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
 from transformers import AutoConfig
@@ -262,7 +263,7 @@ class Trainer:
             f"[bold green]bits/byte {val['bpb']:.4f}[/]"
         )
         if sample:
-            printer.print(f"[dim]{sample.strip()}[/]", markup=True, highlight=False)
+            printer.print(f"[dim]{escape((cfg.sample_prompt + sample).strip())}[/]", highlight=False)
             self._append_sample(step, sample)
         distributed.barrier(self.info)
         return val
