@@ -39,7 +39,7 @@ def test_causal_changing_a_token_never_changes_earlier_outputs(family, overrides
 @pytest.mark.parametrize("overrides", SKELETON_VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_cached_generation_equals_recomputing_the_prefix(family, overrides):
     model = make(family, **overrides)
-    prompt = torch.randint(0, model.config.vocab_size, (2, 5))
+    prompt = torch.randint(1, model.config.vocab_size, (2, 5))  # 0 is pad_token_id: generate() would mask it
     out = model.generate(prompt, max_new_tokens=12, do_sample=False, output_logits=True,
                          return_dict_in_generate=True, pad_token_id=0)
     full = model(out.sequences, use_cache=False).logits
@@ -92,10 +92,11 @@ def test_left_padded_cached_generation_matches_single(family):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_save_load_round_trip_through_auto_classes(family, tmp_path):
-    model = make(family, tie_word_embeddings=True).float()
+@pytest.mark.parametrize("pos", ["learned", "rope"])
+def test_save_load_round_trip_through_auto_classes(family, pos, tmp_path):
+    model = make(family, tie_word_embeddings=True, pos=pos).float()
     model.save_pretrained(tmp_path)
-    assert (tmp_path / "model.safetensors").is_file()
+    assert (tmp_path / "model.safetensors").is_file() and (tmp_path / "README.md").is_file()
     assert AutoConfig.from_pretrained(tmp_path).model_type == model.config.model_type
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert type(loaded) is type(model)

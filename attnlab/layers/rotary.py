@@ -13,14 +13,19 @@ class RotaryEmbedding(nn.Module):
         super().__init__()
         if head_dim % 2:
             raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
+        self.theta = theta
+        self.register_buffer("inv_freq", rope_inverse_frequencies(head_dim, theta), persistent=False)
 
     def forward(self, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Angles in fp32 even under autocast: positions in the thousands lose too much in bf16.
         angles = position_ids.float()[..., None] * self.inv_freq
         angles = torch.cat([angles, angles], dim=-1)
         return angles.cos(), angles.sin()
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    """theta^(-2k/d) for k < d/2, computed in fp64 and stored in fp32."""
+    return (1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)).float()
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

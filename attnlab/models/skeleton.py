@@ -10,6 +10,7 @@ A family is a ``AttnLabForCausalLM`` subclass that names its config class and ov
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,7 @@ from ..layers.context import MixerContext
 from ..layers.ffn import build_ffn
 from ..layers.masks import attention_bias_mask
 from ..layers.norms import build_norm
-from ..layers.rotary import RotaryEmbedding
+from ..layers.rotary import RotaryEmbedding, rope_inverse_frequencies
 from .config import AttnLabConfig
 
 
@@ -179,6 +180,9 @@ class AttnLabPreTrainedModel(PreTrainedModel):
                 init.ones_(module.weight)
             if getattr(module, "bias", None) is not None:
                 init.zeros_(module.bias)
+        elif isinstance(module, RotaryEmbedding):
+            # A non-persistent buffer: from_pretrained materialises it uninitialised unless it is set here.
+            init.copy_(module.inv_freq, rope_inverse_frequencies(2 * module.inv_freq.numel(), module.theta))
 
 
 class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
@@ -195,6 +199,15 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     def build_mixer(self, config: AttnLabConfig, layer_idx: int) -> nn.Module:
         """Return the token mixer of layer ``layer_idx``: a module ``(x, MixerContext) -> (y, weights|None)``."""
         raise NotImplementedError
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """HF save, plus a README.md model card when the directory has none (runs write a richer one)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        readme = Path(save_directory) / "README.md"
+        if not readme.exists():
+            from ..modelcard import render_model_card
+
+            readme.write_text(render_model_card(self))
 
     def make_cache(self) -> Cache:
         """A fresh generation cache; key/value mixers use transformers' ``DynamicCache``."""

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..io import atomic_path, write_json
+from ..modelcard import render_model_card, run_metadata
 
 KEEP_LAST = 2
 
@@ -104,6 +105,7 @@ def export_model(run_dir: Path, model, tokenizer) -> None:
     staging = run_dir / ".export.partial"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
+    (staging / "README.md").write_text(render_model_card(model, run_metadata(run_dir)))
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
     for item in staging.iterdir():
