@@ -1,0 +1,95 @@
+"""Symbol retrievers of the Dual Attention Transformer (Altabaa & Lafferty 2024, arXiv 2405.16727).
+
+A relational head tags the message from object j with j's *symbol* s_j, a vector that points at the object
+without carrying its features. The paper identifies objects three ways, one module each:
+
+- ``PositionalSymbols``: by absolute position, s_j = S[pos_j] (a learned library, one row per position);
+- ``RelativeSymbols``: by position relative to the receiver, s_ij = S[clip(pos_i - pos_j)];
+- ``SymbolicAttention``: by an equivalence class over features, s_j = MHA(x_j W_q, templates, library).
+
+Absolute retrievers return (batch, seq, d_model); the relative one returns its (max_rel_pos + 1, d_model)
+table, indexed by the distance pos_i - pos_j >= 0 (a causal receiver never looks ahead, so offsets j - i > 0
+need no symbols).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .context import MixerContext
+
+SYMBOL_RETRIEVERS = ("symbolic_attention", "positional", "position_relative")
+
+
+class PositionalSymbols(nn.Module):
+    """s_j = S[pos_j]: a learned library indexed by the (padding-aware) absolute position."""
+
+    relative = False
+
+    def __init__(self, d_model: int, max_length: int):
+        super().__init__()
+        self.library = nn.Embedding(max_length, d_model)
+
+    def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
+        if int(ctx.position_ids.max()) >= self.library.num_embeddings:
+            raise ValueError(
+                f"positional symbols cover {self.library.num_embeddings} positions; got position "
+                f"{int(ctx.position_ids.max())} (use symbol_retrieval='position_relative' or 'symbolic_attention')"
+            )
+        return self.library(ctx.position_ids)
+
+
+class RelativeSymbols(nn.Module):
+    """s_ij = S[min(pos_i - pos_j, max_rel_pos)]: the table itself; the relational heads index it by distance."""
+
+    relative = True
+
+    def __init__(self, d_model: int, max_rel_pos: int):
+        super().__init__()
+        self.max_rel_pos = max_rel_pos
+        self.table = nn.Parameter(torch.empty(max_rel_pos + 1, d_model))
+
+    def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
+        return self.table
+
+
+class SymbolicAttention(nn.Module):
+    """s_j = Σ_k softmax_k(⟨q(x_j), t_k⟩ / √d_h) S_k per head: attention of each object over a learned library.
+
+    The library holds ``n_symbols`` template features (keys) and symbols (values); each object retrieves
+    its symbol on its own, so all batch × seq objects are queries of one attention call.
+    """
+
+    relative = False
+
+    def __init__(self, d_model: int, n_heads: int, n_symbols: int, *, trainable: bool = True, bias: bool = True):
+        super().__init__()
+        self.n_heads = n_heads
+        self.q_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.templates = nn.Parameter(torch.empty(n_symbols, d_model))
+        self.library = nn.Parameter(torch.empty(n_symbols, d_model), requires_grad=trainable)
+
+    def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
+        q = self.q_proj(x)
+        k, v = self.templates.to(q.dtype), self.library.to(q.dtype)
+        symbols = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        return symbols.transpose(1, 2).reshape(x.shape)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(..., d_model) → (1, heads, rows, d_head): every object is one query row of a single call."""
+        return t.reshape(1, -1, self.n_heads, t.shape[-1] // self.n_heads).transpose(1, 2)
+
+
+def relative_distances(ctx: MixerContext, kv_len: int, max_rel_pos: int) -> torch.Tensor:
+    """(batch|1, q_len, kv_len) long: min(pos_i - pos_j, max_rel_pos), 0 where j is ahead of i (masked anyway).
+
+    Positions count real tokens only, so a padded row sees the same distances as the unpadded sequence.
+    """
+    q_pos = ctx.position_ids
+    if ctx.key_padding_mask is None:
+        k_pos = torch.arange(kv_len, device=q_pos.device)[None]
+    else:
+        k_pos = (ctx.key_padding_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return (q_pos[:, :, None] - k_pos[:, None, :]).clamp(0, max_rel_pos)

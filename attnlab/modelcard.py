@@ -1,0 +1,152 @@
+"""README.md model cards for saved attnlab models, filled from the model config and the run's real metadata.
+
+The fields are those of the DAT-LM model card (size, training tokens, layers, model dimension, SA / RA
+heads, relation dimension, context length, tokenizer, date, training setup); any family gets them (a model
+without relational heads has n_heads self-attention heads and 0 relational ones).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+
+def run_metadata(run_dir: str | Path) -> dict[str, Any]:
+    """What a run directory knows about its training: ``train_config.json``, ``run_info.json``, the latest
+    checkpoint's state (step, tokens seen) and the last validation record of ``metrics.jsonl``."""
+    run_dir = Path(run_dir)
+    meta: dict[str, Any] = {"model_name": run_dir.resolve().name}
+    for key, name in (("train_config", "train_config.json"), ("run_info", "run_info.json")):
+        if (run_dir / name).is_file():
+            meta[key] = json.loads((run_dir / name).read_text())
+    latest = run_dir / "checkpoints" / "latest.json"
+    if latest.is_file():
+        state = run_dir / "checkpoints" / json.loads(latest.read_text())["path"] / "state.json"
+        if state.is_file():
+            meta["state"] = json.loads(state.read_text())
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.is_file():
+        vals = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val_loss" in r]
+        if vals:
+            meta["val"] = {k.removeprefix("val_"): v for k, v in vals[-1].items()}
+    return meta
+
+
+def _count(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g}{unit}"
+    return str(int(n))
+
+
+def _front_matter(model_type: str, train: dict) -> str:
+    lines = ["library_name: transformers", "pipeline_tag: text-generation", "tags:", "- attnlab", f"- {model_type}"]
+    if train.get("data"):
+        lines += ["datasets:", f"- {train['data']}"]
+    return "\n".join(lines)
+
+
+def render_model_card(model: nn.Module, metadata: dict[str, Any] | None = None) -> str:
+    """README.md text for ``model`` (an attnlab ``PreTrainedModel``); ``metadata`` as from ``run_metadata``."""
+    meta = metadata or {}
+    config = model.config
+    train, info, state = meta.get("train_config", {}), meta.get("run_info", {}), meta.get("state", {})
+    name = meta.get("model_name") or f"{info.get('family', config.model_type)}-{train.get('preset', 'model')}"
+    n_params = info.get("parameters") or sum(p.numel() for p in model.parameters())
+    tokens = state.get("tokens_seen")
+    tokens_text = f"{tokens:,} ({_count(tokens)})" if tokens else "not recorded (no training run)"
+    sa = getattr(config, "n_heads_sa", config.n_heads)
+    ra = getattr(config, "n_heads_ra", 0)
+    rel_dim = getattr(config, "n_relations", None) if ra else None
+    date = meta.get("date") or _dt.date.today().isoformat()
+    tokenizer = train.get("tokenizer", "saved beside the model")
+    if train.get("tokenizer") == "bpe":
+        tokenizer = f"bpe (trained on the data, {train.get('vocab_size')} tokens)"
+    kind = "Dual Attention Transformer" if ra else "Transformer"
+    seq = train.get("block_size") or config.block_size
+
+    setup = []
+    if train:
+        tokens_per_step = info.get("tokens_per_step")
+        setup = [
+            f"- **Data:** {train.get('data')}",
+            f"- **Optimizer:** {train.get('optimizer', 'adamw').replace('adamw', 'AdamW')} "
+            f"(betas {train.get('beta1')}, {train.get('beta2')}; gradient clipping {train.get('grad_clip')})",
+            f"- **Learning Rate:** {train.get('lr')} (peak), warmup {train.get('warmup_steps')} steps, cosine to "
+            f"{train.get('min_lr') if train.get('min_lr') is not None else train.get('lr', 0) / 10}",
+            f"- **Weight Decay:** {train.get('weight_decay')}",
+            f"- **Batch Size:** {tokens_per_step:,} tokens" if tokens_per_step else "- **Batch Size:** -",
+            f"- **Sequence Length:** {seq} tokens",
+            f"- **Steps:** {state.get('step', train.get('max_steps'))}",
+            f"- **Total Training Tokens:** {tokens_text}",
+            f"- **Precision / hardware:** {train.get('dtype')} on {info.get('device', '?')} "
+            f"× {info.get('world_size', 1)}, torch {info.get('torch', '?')}",
+        ]
+    else:
+        setup = ["- not trained by `attnlab train` (no run metadata)"]
+    val = meta.get("val")
+    evaluation = (
+        f"Validation at step {val.get('step')}: loss {val['loss']:.4f}, perplexity {val['ppl']:.2f}, "
+        f"bits per byte {val['bpb']:.4f}."
+        if val else "No validation recorded."
+    )
+    return f"""---
+{_front_matter(config.model_type, train)}
+---
+
+# {name}
+
+This is a {kind} language model ({config.model_type}) built with [attnlab](https://github.com/), trained on
+`{train.get('data', 'unspecified data')}`. The model has {_count(n_params)} parameters ({n_params:,}).
+
+## Model Details
+
+| Size | Training Tokens | Layers | Model Dimension | Self-Attention Heads | Relational Attention Heads | Relation Dimension | Context Length |
+|--|--|--|--|--|--|--|--|
+| {_count(n_params)} | {_count(tokens) if tokens else '-'} | {config.n_layers} | {config.d_model} | {sa} | {ra} | {rel_dim if rel_dim else '-'} | {config.block_size} |
+
+### Model Description
+
+- **Model type:** Decoder-only {kind} (`{config.model_type}`)
+- **Tokenizer:** {tokenizer} (vocabulary {config.vocab_size})
+- **Positions / norm / FFN:** {config.pos}, {config.norm}, {config.ffn} (d_ff {config.d_ff})
+- **Date:** {date}
+
+## Model Usage
+
+```python
+import attnlab
+
+model = attnlab.load("PATH/TO/{name}")
+tok = attnlab.load_tokenizer("PATH/TO/{name}")
+ids = tok("Hello", return_tensors="pt").input_ids
+print(tok.decode(model.generate(ids, max_new_tokens=50, do_sample=True, top_k=50)[0]))
+```
+
+or with plain transformers (after `import attnlab`, which registers the model type):
+
+```python
+import attnlab
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+model = AutoModelForCausalLM.from_pretrained("PATH/TO/{name}")
+tok = AutoTokenizer.from_pretrained("PATH/TO/{name}")
+```
+
+From the command line: `attnlab generate PATH/TO/{name} --prompt "Hello"`.
+
+## Training Details
+
+The model was trained with `attnlab train` using the following setup:
+- **Architecture:** Decoder-only {kind}
+- **Framework:** PyTorch, Hugging Face transformers
+{chr(10).join(setup)}
+
+## Evaluation
+
+{evaluation}
+"""
