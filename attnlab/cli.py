@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import AttnlabError, ConfigError
+from .errors import AttnlabError, ConfigError, DataError
 
 TRAIN_HELP = {
     "model": "model family (see `attnlab models`)",
@@ -30,7 +30,7 @@ TRAIN_HELP = {
     "batch_size": "sequences per micro-batch and process",
     "block_size": "context length in tokens (default: the model's)",
     "tokens_per_step": "target tokens per optimizer step; sets gradient accumulation",
-    "optimizer": "optimizer",
+    "optimizer": "adamw or sophia (SophiaG: clipped diagonal-Hessian steps; try --beta1 0.965 --beta2 0.99)",
     "max_steps": "optimizer steps",
     "lr": "peak learning rate",
     "min_lr": "final learning rate of the cosine decay (default lr/10)",
@@ -40,6 +40,10 @@ TRAIN_HELP = {
     "beta2": "AdamW beta2",
     "grad_clip": "clip the global gradient norm (0 = off)",
     "decay_embeddings": "apply weight decay to embeddings too",
+    "sophia_rho": "SophiaG rho: the step is clipped where |momentum| > rho * hessian",
+    "hessian_interval": "SophiaG: refresh the Hessian estimate (labels sampled from the model) every N steps",
+    "segment_stream": "Transformer-XL training (models with mem_len): rows read consecutive segments, memory carried",
+    "warm_start": "copy the input embeddings and tokenizer of a HF causal LM (path or hub name)",
     "device": "auto, cpu, cuda, cuda:1, mps",
     "dtype": "float32 or bfloat16 (autocast)",
     "compile": "torch.compile the model",
@@ -136,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("convert", help="convert another implementation's checkpoint into an attnlab model")
+    p.add_argument("kind", choices=["dat-checkpoint"], help="dat-checkpoint: the dual-attention package's .pt")
+    p.add_argument("source", help="checkpoint file")
+    p.add_argument("out", help="output model directory")
+
     sub.add_parser("models", help="list model families and their presets")
     return parser
 
@@ -147,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with streamed text
     try:
         return {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info,
-                "models": cmd_models}[args.command](args)
+                "convert": cmd_convert, "models": cmd_models}[args.command](args)
     except AttnlabError as exc:
         print(f"attnlab {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -228,6 +237,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     for name, count in report["by_component"].items():
         print(f"  {name:<24} {count:>14,}")
     print(json.dumps(report["config"], indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .models.dat.convert import convert_dat_checkpoint
+
+    if not Path(args.source).is_file():
+        raise DataError(f"checkpoint not found: {args.source}")
+    model = convert_dat_checkpoint(args.source, args.out)
+    n = sum(p.numel() for p in model.parameters())
+    print(f"converted {args.source} → {args.out} ({type(model).__name__}, {n:,} parameters)")
     return 0
 
 

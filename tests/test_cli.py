@@ -105,3 +105,23 @@ def test_python_api_mirrors_the_cli(tmp_path):
     text = attnlab.generate(tmp_path / "run", "to be", max_new_tokens=10, greedy=True)
     assert text.startswith("to be") and len(text) == len("to be") + 10
     assert attnlab.info(tmp_path / "run")["parameters"] == sum(p.numel() for p in attnlab.load(tmp_path / "run").parameters())
+
+
+def test_convert_dat_checkpoint(tmp_path, capsys):
+    pytest.importorskip("einops")
+    lm = pytest.importorskip("dual_attention.language_models")
+    import attnlab
+    import torch
+
+    from tests.test_dat import authors_config
+
+    config = authors_config()
+    theirs = lm.DualAttnTransformerLM(**config).eval()
+    torch.save({"config": config, "model": theirs.state_dict()}, tmp_path / "ckpt.pt")
+    assert main(["convert", "dat-checkpoint", str(tmp_path / "ckpt.pt"), str(tmp_path / "out")]) == 0
+    assert "converted" in capsys.readouterr().out
+    x = torch.randint(0, 100, (1, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(attnlab.load(tmp_path / "out")(x).logits, theirs(x)[0], rtol=1e-5, atol=1e-5)
+    code, _, err = run_main(capsys, "convert", "dat-checkpoint", str(tmp_path / "nope.pt"), str(tmp_path / "o"))
+    assert code == 2 and "checkpoint not found" in err
