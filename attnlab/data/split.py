@@ -24,6 +24,7 @@ class TokenSplit:
     def __init__(self, tokens: np.ndarray, byte_lengths: np.ndarray):
         self.tokens = tokens
         self.byte_lengths = byte_lengths
+        self._eos_cache: dict = {}
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -56,6 +57,36 @@ class TokenSplit:
         generator = torch.Generator().manual_seed(_batch_seed(seed, step))
         starts = torch.randint(0, len(self) - block_size, (batch_size,), generator=generator)
         return self._windows(starts.numpy(), block_size)
+
+    def stream_batch(
+        self, step: int, batch_size: int, block_size: int, eos_id: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Consecutive segments for Transformer-XL training: row r continues its own stream at every step.
+
+        The split is cut into W = (len - 1) // block_size windows; row r reads window (r·W // batch_size + step)
+        mod W, so its next step reads the tokens right after this one, and the position is a pure function of
+        the step. Returns x, y and document ids (batch, block): the number of ``eos_id`` tokens before each
+        token, made unique per pass over the split, so memory never crosses a document boundary or a wrap.
+        """
+        _check_positive(batch_size=batch_size, block_size=block_size)
+        n_windows = (len(self) - 1) // block_size
+        if n_windows < 1:
+            raise DataError(f"a split of {len(self):,} tokens cannot hold one segment of {block_size} (+1 target)")
+        passes, windows = np.divmod(np.arange(batch_size) * n_windows // batch_size + step, n_windows)
+        starts = windows * block_size
+        boundaries = self._eos_positions(eos_id)
+        docs = np.searchsorted(boundaries, starts[:, None] + np.arange(block_size)) + passes[:, None] * (
+            len(boundaries) + 1
+        )
+        x, y = self._windows(starts, block_size)
+        return x, y, torch.from_numpy(docs.astype(np.int64))
+
+    def _eos_positions(self, eos_id: int | None) -> np.ndarray:
+        if eos_id is None:
+            return np.empty(0, dtype=np.int64)
+        if self._eos_cache.get("id") != eos_id:
+            self._eos_cache = {"id": eos_id, "positions": np.flatnonzero(np.asarray(self.tokens) == eos_id)}
+        return self._eos_cache["positions"]
 
     def eval_batches(
         self, batch_size: int, block_size: int, max_tokens: int | None = None

@@ -51,6 +51,9 @@ class AttnLabConfig(PreTrainedConfig):
     eos_token_id: int | None = None
 
     def __post_init__(self, **kwargs):
+        for alias, name in self.attribute_map.items():  # aliases first, so derived defaults see them
+            if alias in kwargs:
+                setattr(self, name, kwargs.pop(alias))
         if self.n_kv_heads is None:
             self.n_kv_heads = self.n_heads
         if self.d_ff is None:

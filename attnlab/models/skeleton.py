@@ -57,8 +57,14 @@ class Backbone(nn.Module):
         self.embed_positions = nn.Embedding(config.block_size, config.d_model) if config.pos == "learned" else None
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta) if config.pos == "rope" else None
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(Block(config, build_mixer(config, i)) for i in range(config.n_layers))
+        self.layers = nn.ModuleList(
+            self.build_block(config, build_mixer(config, i), i) for i in range(config.n_layers)
+        )
         self.norm = build_norm(config.norm, config.d_model, config.norm_eps)
+
+    def build_block(self, config: AttnLabConfig, mixer: nn.Module, layer_idx: int) -> nn.Module:
+        """The residual block around ``mixer``; a family's backbone may return its own."""
+        return Block(config, mixer)
 
     def forward(
         self,
@@ -189,11 +195,13 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     """A causal LM on the shared skeleton. Subclasses set ``config_class`` and implement ``build_mixer``."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    backbone_class: type[nn.Module] = Backbone  # a family may swap in its own (e.g. LSW's d_emb projections)
 
     def __init__(self, config: AttnLabConfig):
         super().__init__(config)
-        self.model = Backbone(config, self.build_mixer)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.model = self.backbone_class(config, self.build_mixer)
+        # The head maps back from the embedding width: it is (optionally) the embedding matrix itself.
+        self.lm_head = nn.Linear(self.model.embed_tokens.embedding_dim, config.vocab_size, bias=False)
         self.post_init()
 
     def build_mixer(self, config: AttnLabConfig, layer_idx: int) -> nn.Module:

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import ConfigError
 
 DTYPES = ("float32", "bfloat16")
-OPTIMIZERS = ("adamw",)
+OPTIMIZERS = ("adamw", "sophia")
 
 
 @dataclass
@@ -44,6 +44,12 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     decay_embeddings: bool = False
+    sophia_rho: float = 0.04
+    hessian_interval: int = 10
+    # Transformer-XL training: each batch row reads its own stream of consecutive segments, memory carried
+    segment_stream: bool = False
+    # copy the input embeddings (and take the tokenizer) of a HF causal LM: a local path or a hub name
+    warm_start: str | None = None
     # runtime
     device: str = "auto"
     dtype: str = "float32"
@@ -79,7 +85,7 @@ class TrainConfig:
         return self.checkpoint_interval or self.eval_interval
 
     def check(self) -> None:
-        positive = ["batch_size", "max_steps", "eval_interval", "log_interval", "vocab_size"]
+        positive = ["batch_size", "max_steps", "eval_interval", "log_interval", "vocab_size", "hessian_interval"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
@@ -97,6 +103,8 @@ class TrainConfig:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if self.sophia_rho <= 0:
+            raise ConfigError(f"sophia_rho must be positive, got {self.sophia_rho}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
 

@@ -1,4 +1,4 @@
-"""AdamW with decoupled weight decay on matrices only, and the warmup + cosine learning-rate schedule."""
+"""AdamW or SophiaG with decoupled weight decay on matrices only, and the warmup + cosine schedule."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
+from .sophia import SophiaG
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
@@ -31,6 +32,8 @@ def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool =
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg.weight_decay, cfg.decay_embeddings)
+    if cfg.optimizer == "sophia":
+        return SophiaG(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), rho=cfg.sophia_rho)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 

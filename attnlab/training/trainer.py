@@ -1,8 +1,9 @@
 """``attnlab train``: one loop for every family, on one CPU or many GPUs (torchrun + DDP).
 
 Determinism is by construction: the batch of (step, micro-step) is a pure function of the seed, the learning
-rate is a pure function of the step, and a checkpoint holds weights, optimizer and RNG. So a run killed at
-step k and resumed with ``resume=True`` computes exactly what the uninterrupted run computes.
+rate is a pure function of the step, and a checkpoint holds weights, optimizer and RNG (and, for
+Transformer-XL segment streams, the memories). So a run killed at step k and resumed with ``resume=True``
+computes exactly what the uninterrupted run computes.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from . import distributed
 from .checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .optim import build_optimizer, lr_at
+from .sophia import SophiaG, sampled_label_loss
 
 
 @dataclass
@@ -70,9 +72,10 @@ class Trainer:
             )
         self.optimizer = build_optimizer(self.model, cfg)
         self.accum_steps = self._accumulation_steps()
+        self.memories = self._memories()
         self.state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val_bpb": None}
         if self.checkpoint is not None:
-            self.state = load_checkpoint(self.checkpoint, self.model, self.optimizer)
+            self.state = load_checkpoint(self.checkpoint, self.model, self._checkpointed())
         else:
             torch.manual_seed(cfg.seed + info.rank)  # dropout streams; weights were seeded identically
         self.step_model = self._wrap_model()
@@ -90,7 +93,7 @@ class Trainer:
         from ..data import prepare_data
 
         cfg = self.cfg
-        tokenizer = cfg.tokenizer
+        tokenizer = cfg.warm_start or cfg.tokenizer  # warm-started embeddings only mean something with their ids
         if self.checkpoint is not None and (self.run_dir / "tokenizer.json").is_file():
             tokenizer = str(self.run_dir)  # the run's own tokenizer, exactly as trained
         kwargs = dict(
@@ -126,7 +129,27 @@ class Trainer:
         if config.vocab_size < len(tok):
             raise ConfigError(f"vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tok)} tokens")
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        return family.model_class(config).to(self.device)
+        model = family.model_class(config)
+        if cfg.warm_start and self.checkpoint is None:
+            from ..models.warm_start import warm_start_embeddings
+
+            warm_start_embeddings(model, cfg.warm_start)
+        return model.to(self.device)
+
+    def _memories(self) -> list:
+        """One Transformer-XL memory per micro-step (each holds its own rows' streams), or none."""
+        if not self.cfg.segment_stream:
+            return []
+        config = self.model.config
+        if not getattr(config, "mem_len", 0):
+            raise ConfigError(f"segment_stream needs a model with XL memory (mem_len > 0); {self.cfg.model} has none")
+        if config.pos == "learned":
+            raise ConfigError("segment_stream needs relative positions (pos='rope'): streams outgrow learned ones")
+        return [self.model.make_cache() for _ in range(self.accum_steps)]
+
+    def _checkpointed(self):
+        """What the checkpoint's optimizer file holds: the optimizer, plus the memories of a segment stream."""
+        return _OptimizerAndMemories(self.optimizer, self.memories, self.device) if self.memories else self.optimizer
 
     def _accumulation_steps(self) -> int:
         per_micro = self.cfg.batch_size * self.block_size * self.info.world_size
@@ -217,25 +240,49 @@ class Trainer:
         # One global batch per step, whatever the accumulation and world size; each (micro-step, rank)
         # takes its own rows. So 2 processes or 2 micro-steps of B rows train exactly like one of 2B.
         global_rows = cfg.batch_size * info.world_size * self.accum_steps
-        xs, ys = self.data.train.batch(step, global_rows, self.block_size, cfg.seed)
+        if self.memories:
+            eos = self.data.tokenizer.eos_token_id
+            xs, ys, docs = self.data.train.stream_batch(step, global_rows, self.block_size, eos)
+        else:
+            xs, ys = self.data.train.batch(step, global_rows, self.block_size, cfg.seed)
         for micro in range(self.accum_steps):
             first = (micro * info.world_size + info.rank) * cfg.batch_size
             rows = slice(first, first + cfg.batch_size)
             x, y = xs[rows].to(self.device), ys[rows].to(self.device)
+            memory = {"use_cache": False}
+            if self.memories:
+                memory = dict(past_key_values=self.memories[micro], use_cache=True,
+                              document_ids=docs[rows].to(self.device))
             sync = micro == self.accum_steps - 1 or not info.enabled
             with contextlib.nullcontext() if sync else self.step_model.no_sync():
                 with autocast_context(self.device, cfg.dtype):
-                    loss = self.step_model(input_ids=x, shift_labels=y, use_cache=False).loss
+                    loss = self.step_model(input_ids=x, shift_labels=y, **memory).loss
                 (loss / self.accum_steps).backward()
             total += loss.detach()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if isinstance(self.optimizer, SophiaG) and (step + 1) % cfg.hessian_interval == 0:
+            self._refresh_hessian(step, xs[info.rank * cfg.batch_size:][:cfg.batch_size].to(self.device))
         mean = total / self.accum_steps
         if info.enabled:
             torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
         return float(mean)
+
+    def _refresh_hessian(self, step: int, x: torch.Tensor) -> None:
+        """SophiaG's Gauss-Newton-Bartlett estimate on one micro-batch, with labels sampled from the model.
+
+        The sampling generator is seeded by (seed, step, rank), so a resumed run draws the same labels.
+        """
+        generator = torch.Generator(device=self.device).manual_seed(
+            hash((self.cfg.seed, step, self.info.rank)) & (2**63 - 1)
+        )
+        with autocast_context(self.device, self.cfg.dtype):
+            logits = self.step_model(input_ids=x, use_cache=False).logits
+        sampled_label_loss(logits, generator).backward()
+        self.optimizer.update_hessian(n_samples=x.numel() * self.info.world_size)
+        self.optimizer.zero_grad(set_to_none=True)
 
     # ------------------------------------------------------------------------------- eval and output
     def _validate(self, step: int, tb, bar) -> dict[str, float]:
@@ -295,7 +342,7 @@ class Trainer:
 
     def _save(self) -> None:
         if self.info.is_main:
-            save_checkpoint(self.run_dir, self.model, self.optimizer, dict(self.state))
+            save_checkpoint(self.run_dir, self.model, self._checkpointed(), dict(self.state))
             export_model(self.run_dir, self.model, self.data.tokenizer)
         distributed.barrier(self.info)
 
@@ -373,3 +420,28 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
+
+
+class _OptimizerAndMemories:
+    """The optimizer and the XL memories of a segment-stream run, saved and restored together as one state."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, memories: list, device: torch.device):
+        self.optimizer, self.memories, self.device = optimizer, memories, device
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "memories": [m.state_dict() for m in self.memories]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        for memory, saved in zip(self.memories, state["memories"], strict=True):
+            memory.load_state_dict(_to_device(saved, self.device))
+
+
+def _to_device(value, device: torch.device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, list):
+        return [_to_device(v, device) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value

@@ -1,0 +1,217 @@
+"""LSW Transformer: embedding → W_in → pre-norm blocks (LSW attention, SwiGLU) → norm → W_out → tied head.
+
+The blocks are the skeleton's; only the backbone differs, to decouple the embedding width ``d_emb`` from
+``d_model`` and to carry the Transformer-XL memory (``XLMemory``, also the generation cache).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ...layers.lsw_attention import LSWAttention, LSWContext, XLMemory, lsw_attention_mask, reversed_positions
+from ...layers.norms import build_norm
+from ...layers.rotary import RotaryEmbedding
+from ...losses import simctg_loss
+from ..skeleton import AttnLabForCausalLM, Block, _key_padding_mask, _position_ids, causal_lm_loss
+from .configuration_lsw import LSWConfig
+from .contrastive import contrastive_search
+
+
+@dataclass
+class LSWCausalLMOutput(CausalLMOutputWithPast):
+    """``loss`` is the training objective: ``lm_loss`` plus ``simctg_weight`` × ``contrastive_loss`` in training."""
+
+    lm_loss: torch.Tensor | None = None
+    contrastive_loss: torch.Tensor | None = None
+
+
+class LSWBackbone(nn.Module):
+    """Returns hidden states of width d_emb (after W_out), ready for the tied LM head."""
+
+    def __init__(self, config: LSWConfig, build_mixer):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_emb)
+        self.input_proj = nn.Linear(config.d_emb, config.d_model, bias=False)
+        self.embed_positions = nn.Embedding(config.block_size, config.d_model) if config.pos == "learned" else None
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta) if config.pos == "rope" else None
+        self.dropout = nn.Dropout(config.dropout)
+        self.layers = nn.ModuleList(Block(config, build_mixer(config, i)) for i in range(config.n_layers))
+        self.norm = build_norm(config.norm, config.d_model, config.norm_eps)
+        self.output_proj = nn.Linear(config.d_model, config.d_emb, bias=False)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None,
+        *,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        document_ids: torch.Tensor | None = None,
+        cache: XLMemory | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+        if cache is not None and not isinstance(cache, XLMemory):
+            raise TypeError(f"LSW models keep their memory in an XLMemory (model.make_cache()), got {type(cache)}")
+        x = self.input_proj(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)
+        batch, seq = x.shape[:2]
+        past = cache.get_seq_length() if cache is not None else 0
+        key_padding_mask = _key_padding_mask(attention_mask, past + seq)
+        if position_ids is None:
+            position_ids = _position_ids(key_padding_mask, batch, seq, past, x.device)
+        position_ids = position_ids.expand(batch, seq)
+        if self.embed_positions is not None:
+            if int(position_ids.max()) >= self.config.block_size:
+                raise ValueError(
+                    f"position {int(position_ids.max())} exceeds block_size={self.config.block_size} of this model "
+                    "(learned positions cannot extrapolate); use pos='rope'"
+                )
+            x = x + self.embed_positions(position_ids)
+        x = self.dropout(x)
+        ctx = self._context(position_ids, key_padding_mask, document_ids, cache, output_attentions)
+        hidden_states, attentions = [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                hidden_states.append(x)
+            x, weights = layer(x, ctx)
+            if output_attentions:
+                attentions.append(weights)
+        x = self.output_proj(self.norm(x))
+        if output_hidden_states:
+            hidden_states.append(x)
+        if cache is not None:
+            valid = key_padding_mask[:, -seq:] if key_padding_mask is not None else torch.ones_like(position_ids, dtype=torch.bool)
+            docs = document_ids if document_ids is not None else torch.zeros_like(position_ids)
+            cache.advance(valid, position_ids, docs)
+        return x, (tuple(hidden_states) if output_hidden_states else None), (
+            tuple(attentions) if output_attentions else None
+        )
+
+    def _context(self, position_ids, key_padding_mask, document_ids, cache, output_attentions) -> LSWContext:
+        """The layout mask over [registers; memory; segment] and the reversed-RoPE angles, once per forward."""
+        seq = position_ids.shape[1]
+        memory_valid = cache.valid if cache is not None else None
+        query_valid = key_padding_mask[:, -seq:] if key_padding_mask is not None else None
+        memory_docs = cache.docs if cache is not None and document_ids is not None else None
+        mask = lsw_attention_mask(seq, self.config.n_registers, memory_valid, query_valid, memory_docs, document_ids)
+        rope = key_rope = None
+        if self.rotary is not None:
+            newest = position_ids.max(dim=-1).values
+            rope = key_rope = self.rotary(reversed_positions(position_ids, newest))
+            if memory_valid is not None:
+                key_positions = torch.cat([cache.positions, position_ids], dim=1)
+                key_rope = self.rotary(reversed_positions(key_positions, newest))
+        return LSWContext(
+            position_ids=position_ids,
+            rope=rope,
+            key_rope=key_rope,
+            attn_mask=mask,
+            key_padding_mask=key_padding_mask,
+            cache=cache,
+            past_length=cache.get_seq_length() if cache is not None else 0,
+            output_attentions=output_attentions,
+        )
+
+
+class LSWForCausalLM(AttnLabForCausalLM):
+    """LSW Transformer (XL memory, reversed RoPE, registers, SimCTG); ``generate(penalty_alpha=, top_k=)``
+    runs contrastive search."""
+
+    config_class = LSWConfig
+    backbone_class = LSWBackbone
+
+    def build_mixer(self, config: LSWConfig, layer_idx: int) -> nn.Module:
+        return LSWAttention(
+            config.d_model,
+            config.n_heads,
+            config.n_kv_heads,
+            layer_idx=layer_idx,
+            n_registers=config.n_registers,
+            bias=config.bias,
+            dropout=config.dropout,
+        )
+
+    def make_cache(self) -> XLMemory:
+        """The XL memory: the last ``mem_len`` tokens per layer (everything when mem_len is 0)."""
+        return XLMemory(self.config.n_layers, self.config.mem_len or None)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        if isinstance(module, LSWAttention):
+            init.normal_(module.register_keys, mean=0.0, std=self.config.initializer_range)
+            init.normal_(module.register_values, mean=0.0, std=self.config.initializer_range)
+
+    def generate(self, inputs: torch.Tensor | None = None, *args, penalty_alpha: float | None = None, **kwargs):
+        """HF ``generate``; with ``penalty_alpha`` > 0, contrastive search (not in transformers 5 core)."""
+        if not penalty_alpha:
+            return super().generate(inputs, *args, **kwargs)
+        if args:
+            raise TypeError("contrastive search takes keyword arguments only")
+        input_ids = kwargs.pop("input_ids", inputs)
+        return contrastive_search(self, input_ids, penalty_alpha=penalty_alpha, **kwargs)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        past_key_values: XLMemory | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
+        document_ids: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> LSWCausalLMOutput:
+        """As the skeleton's forward, plus ``document_ids`` (batch, seq): keys of another document are masked,
+        in the segment and in memory. Pass ``past_key_values=model.make_cache()``, ``use_cache=True`` and
+        feed consecutive segments to train with XL memory; SimCTG is added to ``loss`` in training mode."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if use_cache and past_key_values is None:
+            past_key_values = self.make_cache()
+        hidden, all_hidden, attentions = self.model(
+            input_ids,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            document_ids=document_ids,
+            cache=past_key_values if use_cache else None,
+            output_attentions=bool(output_attentions),
+            output_hidden_states=bool(output_hidden_states),
+        )
+        loss = lm_loss = contrastive = None
+        if labels is not None or shift_labels is not None:
+            if self.training and self.config.simctg_weight > 0:
+                valid = attention_mask[:, -hidden.shape[1]:].bool() if attention_mask is not None else None
+                contrastive = simctg_loss(hidden, self.config.simctg_margin, valid)
+        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
+            hidden = hidden[:, -logits_to_keep:]
+        elif isinstance(logits_to_keep, torch.Tensor):
+            hidden = hidden[:, logits_to_keep]
+        logits = self.lm_head(hidden)
+        if labels is not None or shift_labels is not None:
+            loss = lm_loss = causal_lm_loss(logits, labels, shift_labels, kwargs.get("num_items_in_batch"))
+            if contrastive is not None:
+                loss = lm_loss + self.config.simctg_weight * contrastive
+        return LSWCausalLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=past_key_values if use_cache else None,
+            hidden_states=all_hidden,
+            attentions=attentions,
+            lm_loss=lm_loss,
+            contrastive_loss=contrastive,
+        )
