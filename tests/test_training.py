@@ -58,6 +58,13 @@ def test_lr_schedule_warmup_then_cosine():
     assert all(a >= b for a, b in zip(steps, steps[1:]))
 
 
+def test_default_warmup_fits_short_runs():
+    assert TrainConfig(max_steps=20).warmup_steps == 2
+    assert TrainConfig(max_steps=5000).warmup_steps == 100
+    with pytest.raises(attnlab.ConfigError, match="warmup_steps must be in"):
+        TrainConfig(max_steps=20, warmup_steps=50)
+
+
 def test_weight_decay_only_on_matrices():
     model = attnlab.create_model("gpt", "debug", tie_word_embeddings=False)
     decay, no_decay = param_groups(model, 0.1)

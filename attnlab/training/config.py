@@ -38,7 +38,7 @@ class TrainConfig:
     max_steps: int = 1000
     lr: float = 1e-3
     min_lr: float | None = None
-    warmup_steps: int = 100
+    warmup_steps: int | None = None  # default: min(100, max_steps // 10)
     weight_decay: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.95
@@ -70,6 +70,8 @@ class TrainConfig:
     tensorboard: bool = True
 
     def __post_init__(self) -> None:
+        if self.warmup_steps is None:
+            self.warmup_steps = min(100, self.max_steps // 10)
         self.check()
 
     @property
