@@ -70,6 +70,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def train_option_type(name: str) -> type:
+    """The Python type of a ``TrainConfig`` field (``int | None`` → int), for its command-line flag."""
+    from .training.config import TrainConfig
+
+    kind = str(next(f.type for f in dataclasses.fields(TrainConfig) if f.name == name))
+    return bool if kind == "bool" else int if kind.startswith("int") else float if kind.startswith("float") else str
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     from .training.config import TrainConfig
 
@@ -80,13 +88,11 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         if f.name == "model_overrides":
             continue
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        if kind == "bool":
+        flag, cast = "--" + f.name.replace("_", "-"), train_option_type(f.name)
+        if cast is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                                 help=TRAIN_HELP.get(f.name))
         else:
-            cast = int if kind.startswith("int") else float if kind.startswith("float") else str
             parser.add_argument(flag, type=cast, default=argparse.SUPPRESS, help=TRAIN_HELP.get(f.name))
 
 
@@ -146,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output model directory")
 
     sub.add_parser("models", help="list model families and their presets")
+
+    from .bench.cli import add_bench_parser, add_compare_parser
+
+    add_bench_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 
@@ -154,9 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with streamed text
+    from .bench.cli import cmd_bench, cmd_compare
+
+    commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info,
+                "convert": cmd_convert, "models": cmd_models, "bench": cmd_bench, "compare": cmd_compare}
     try:
-        return {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info,
-                "convert": cmd_convert, "models": cmd_models}[args.command](args)
+        return commands[args.command](args)
     except AttnlabError as exc:
         print(f"attnlab {args.command}: error: {exc}", file=sys.stderr)
         return 2

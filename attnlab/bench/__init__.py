@@ -1,0 +1,11 @@
+"""Speed, memory and quality comparisons of attnlab models: ``attnlab bench`` and ``attnlab compare``.
+
+Modules, one job each: ``timing`` (warm-up, repeats, median/IQR, device sync), ``memory`` (peak live tensor
+bytes on CPU and CUDA), ``flops`` (model FLOPs and the measured GEMM peak), ``env`` (device and versions),
+``specs`` (model specs and matched sizes), ``suites`` (YAML suites), ``runner`` (the bench loop),
+``report`` (table, JSON, CSV, plots), ``compare`` (train several models, one report), ``cli``.
+"""
+
+from .runner import BenchConfig, BenchResult, run_bench
+
+__all__ = ["BenchConfig", "BenchResult", "run_bench"]

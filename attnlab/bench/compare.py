@@ -1,0 +1,205 @@
+"""``attnlab compare``: train several models on identical data, tokenizer, token budget, seed and schedule.
+
+Each model trains through ``attnlab.training.train`` in its own run directory under the report directory
+(``runs/<label>/``), so every run is a normal, resumable attnlab run. Re-running the same compare resumes
+unfinished runs and reuses finished ones; the report is then rebuilt from the run directories.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from ..errors import AttnlabError, ConfigError
+from ..io import write_json
+from ..training.checkpoint import latest_checkpoint
+from ..training.config import TrainConfig
+from .env import environment
+from .memory import peak_memory_bytes, state_tensors
+from .runner import make_train_step, pick_device
+from .specs import ModelSpec, parse_model_specs, safe_name
+
+PER_MODEL_KEYS = ("model", "preset", "model_overrides", "out_dir", "resume")
+
+
+@dataclass
+class CompareConfig:
+    """The models and the one training setup they all share (``train``: any ``TrainConfig`` option)."""
+
+    name: str = "compare"
+    models: list = field(default_factory=lambda: ["all"])
+    preset: str = "tiny"
+    train: dict[str, Any] = field(default_factory=dict)
+    out_dir: str | None = None
+    progress: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.train, dict):
+            raise ConfigError("compare: 'train' must be a mapping of training options")
+        per_model = sorted(set(self.train) & set(PER_MODEL_KEYS))
+        if per_model:
+            raise ConfigError(f"compare: {', '.join(per_model)} cannot be shared training options; "
+                              "give models as family:preset[:key=value,...] or config files")
+        self.train_config(ModelSpec("check", "gpt", "tiny"), Path("."))  # unknown/bad options fail now
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/compare-{self.name}")
+
+    def train_config(self, spec: ModelSpec, run_dir: Path) -> TrainConfig:
+        values = {"tensorboard": False, **self.train, "progress": self.progress, "model": spec.family,
+                  "preset": spec.preset, "model_overrides": dict(spec.overrides), "out_dir": str(run_dir)}
+        return TrainConfig.from_dict(values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CompareConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown compare option(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+@dataclass
+class ModelOutcome:
+    """What one model's run produced (metrics from its run directory), or why it has none."""
+
+    label: str
+    family: str
+    preset: str
+    run_dir: str | None = None
+    error: str | None = None
+    params: int | None = None
+    steps: int | None = None
+    tokens: int | None = None
+    tokens_per_step: int | None = None
+    val_loss: float | None = None
+    val_ppl: float | None = None
+    val_bpb: float | None = None
+    best_val_bpb: float | None = None
+    train_loss: float | None = None
+    tokens_per_s: float | None = None
+    train_minutes: float | None = None
+    peak_mem_bytes: int | None = None
+    sample: str = ""
+    curve: dict[str, list] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class CompareResult:
+    config: CompareConfig
+    env: dict[str, Any]
+    outcomes: list[ModelOutcome]
+    report_dir: Path
+
+
+def run_compare(cfg: CompareConfig, console: Console | None = None) -> CompareResult:
+    """Train (or resume, or reuse) every model; the report is written by ``compare_report.write_report``."""
+    from ..training import train
+
+    console = console or Console(stderr=True)
+    specs, skipped = parse_model_specs(cfg.models, cfg.preset)
+    report_dir = cfg.run_dir
+    _claim_report_dir(report_dir, cfg)
+    outcomes = [ModelOutcome(s.spec.label, s.spec.family, s.spec.preset, error=s.skipped) for s in skipped]
+    for i, spec in enumerate(specs):
+        run_dir = report_dir / "runs" / safe_name(spec.label)
+        outcome = ModelOutcome(spec.label, spec.family, spec.preset, run_dir=str(run_dir))
+        console.rule(f"[bold]{spec.label}[/] ({i + 1}/{len(specs)})")
+        try:
+            tc = cfg.train_config(spec, run_dir)
+            tc.resume = latest_checkpoint(run_dir) is not None
+            result = train(tc, console)
+            _read_run(outcome, run_dir)
+            outcome.train_minutes = result.elapsed_s / 60
+            outcome.peak_mem_bytes = train_step_peak_memory(run_dir, tc)
+            outcome.sample = sample_text(run_dir, tc)
+        except (AttnlabError, RuntimeError, ValueError) as exc:
+            lines = str(exc).strip().splitlines()
+            outcome.error = lines[0] if isinstance(exc, AttnlabError) else f"{type(exc).__name__}: {lines[0] if lines else ''}"
+            console.print(f"[red]{spec.label} failed: {outcome.error}[/]")
+        outcomes.append(outcome)
+    device = pick_device(cfg.train.get("device", "auto"))
+    return CompareResult(cfg, environment(device), outcomes, report_dir)
+
+
+def _claim_report_dir(report_dir: Path, cfg: CompareConfig) -> None:
+    """Refuse to mix runs trained under different settings in one report."""
+    saved = report_dir / "compare_config.json"
+    current = {"models": cfg.models, "preset": cfg.preset, "train": cfg.train}
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        if before != json.loads(json.dumps(current)):
+            raise ConfigError(f"{report_dir} holds a compare with other settings; pick another --out-dir")
+    write_json(saved, current)
+
+
+def _read_run(outcome: ModelOutcome, run_dir: Path) -> None:
+    """Final metrics and curves from the run's metrics.jsonl and run_info.json."""
+    info = json.loads((run_dir / "run_info.json").read_text())
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    train_recs = [r for r in records if "loss" in r]
+    val_recs = [r for r in records if "val_loss" in r]
+    per_step = info["tokens_per_step"]
+    outcome.params, outcome.tokens_per_step = info["parameters"], per_step
+    outcome.steps = max((r["step"] for r in records), default=0)
+    outcome.tokens = outcome.steps * per_step
+    if train_recs:
+        outcome.train_loss = train_recs[-1]["loss"]
+        later = train_recs[1:] or train_recs  # the first window includes start-up
+        outcome.tokens_per_s = statistics.median(r["tok_per_s"] for r in later)
+    if val_recs:
+        last = val_recs[-1]
+        outcome.val_loss, outcome.val_ppl, outcome.val_bpb = last["val_loss"], last["val_ppl"], last["val_bpb"]
+        outcome.best_val_bpb = min(r["val_bpb"] for r in val_recs)
+    outcome.curve = {
+        "train_tokens": [r["step"] * per_step for r in train_recs], "train_loss": [r["loss"] for r in train_recs],
+        "val_tokens": [r["step"] * per_step for r in val_recs], "val_loss": [r["val_loss"] for r in val_recs],
+        "val_bpb": [r["val_bpb"] for r in val_recs],
+    }
+
+
+def train_step_peak_memory(run_dir: Path, tc: TrainConfig) -> int | None:
+    """Peak memory of one training micro-step at the run's batch and block size, measured as bench does."""
+    from .. import load
+
+    device = pick_device(tc.device)
+    model = load(run_dir, device=str(device))
+    block = tc.block_size or model.config.block_size
+    x = torch.randint(0, model.config.vocab_size, (tc.batch_size, block), device=device)
+    step, optimizer = make_train_step(model, x, x, tc.dtype, device)
+    peak = peak_memory_bytes(step, device, [*state_tensors(model, optimizer), x])
+    del model, optimizer
+    return peak
+
+
+@torch.no_grad()
+def sample_text(run_dir: Path, tc: TrainConfig) -> str:
+    """``sample_tokens`` sampled from ``sample_prompt`` with the run's seed (top-k 50, temperature 0.8)."""
+    from .. import load, load_tokenizer
+
+    if tc.sample_tokens <= 0:
+        return ""
+    device = pick_device(tc.device)
+    model, tok = load(run_dir, device=str(device)), load_tokenizer(run_dir)
+    ids = tok(tc.sample_prompt, return_tensors="pt").input_ids
+    if ids.numel() == 0:
+        ids = torch.tensor([[tok.eos_token_id or 0]])
+    n_new = min(tc.sample_tokens, model.config.block_size - ids.shape[1])
+    if n_new <= 0:
+        return ""
+    torch.manual_seed(tc.seed)
+    out = model.generate(ids.to(device), max_new_tokens=n_new, do_sample=True, top_k=50, temperature=0.8,
+                         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    return tc.sample_prompt + tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)

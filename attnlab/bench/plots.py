@@ -1,0 +1,116 @@
+"""PNG plots with matplotlib's Agg backend (no display needed): one line per model, log-log axes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+# (file, title, kinds with line styles, y field, y label, y scale factor)
+PANELS = [
+    ("train_step_time.png", "training step (fwd+bwd+AdamW)", {"train": "-"}, "time_median_s", "seconds / step", 1.0),
+    ("train_peak_memory.png", "training step peak memory", {"train": "-"}, "peak_mem_bytes", "MiB", 2.0**-20),
+    ("prefill_time.png", "prefill (forward, fills the cache)", {"prefill": "-"}, "time_median_s", "seconds", 1.0),
+    ("decode_latency.png", "decode latency: cache (solid) vs recompute (dashed)",
+     {"decode_cache": "-", "decode_nocache": "--"}, "time_median_s", "seconds / token", 1.0),
+]
+SPREAD = {"time_median_s": ("time_q1_s", "time_q3_s")}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _null_locator():
+    from matplotlib.ticker import NullLocator
+
+    return NullLocator()
+
+
+def _draw(ax, rows: list[dict[str, Any]], kinds: dict[str, str], field: str, ylabel: str, scale: float) -> bool:
+    """One line per (model, kind), with the IQR as error bars; False when there was nothing to draw."""
+    series: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for row in rows:
+        if row["kind"] in kinds and row.get("status") == "ok" and row.get(field) is not None:
+            series[(row["model"], row["kind"])].append(row)
+    colors: dict[str, str] = {}
+    for (model, kind), points in series.items():
+        points.sort(key=lambda r: r["seq_len"])
+        x = [r["seq_len"] for r in points]
+        y = [r[field] * scale for r in points]
+        color = colors.setdefault(model, f"C{len(colors) % 10}")
+        label = model if len(kinds) == 1 else f"{model} ({'cache' if kind == 'decode_cache' else 'no cache'})"
+        yerr = None
+        if field in SPREAD:
+            lo, hi = SPREAD[field]
+            yerr = [[v - r[lo] * scale for v, r in zip(y, points)], [r[hi] * scale - v for v, r in zip(y, points)]]
+        ax.errorbar(x, y, yerr=yerr, fmt="o" + kinds[kind], color=color, label=label, capsize=2, markersize=3)
+    if not series:
+        return False
+    ax.set_xscale("log", base=2)
+    ticks = sorted({r["seq_len"] for points in series.values() for r in points})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.xaxis.set_minor_locator(_null_locator())
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)" if "decode" in next(iter(kinds)) else "sequence length (tokens)")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    return True
+
+
+def write_bench_plots(rows: list[dict[str, Any]], out_dir: Path, subtitle: str) -> list[Path]:
+    """One PNG per panel that has data, plus ``summary.png`` with all of them."""
+    plt = _pyplot()
+    written = []
+    for name, title, kinds, field, ylabel, scale in PANELS:
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        if _draw(ax, rows, kinds, field, ylabel, scale):
+            ax.set_title(f"{title}\n{subtitle}", fontsize=9)
+            fig.tight_layout()
+            fig.savefig(out_dir / name, dpi=120)
+            written.append(out_dir / name)
+        plt.close(fig)
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    drawn = False
+    for ax, (_, title, kinds, field, ylabel, scale) in zip(axes.flat, PANELS):
+        if _draw(ax, rows, kinds, field, ylabel, scale):
+            ax.set_title(title, fontsize=9)
+            drawn = True
+        else:
+            ax.set_axis_off()
+    if drawn:
+        fig.suptitle(subtitle, fontsize=9)
+        fig.tight_layout()
+        fig.savefig(out_dir / "summary.png", dpi=110)
+        written.append(out_dir / "summary.png")
+    plt.close(fig)
+    return written
+
+
+def write_curves_plot(curves: dict[str, dict[str, list]], path: Path, subtitle: str) -> Path:
+    """Validation loss and bits per byte against tokens seen, one line per model (``attnlab compare``)."""
+    plt = _pyplot()
+    fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (label, curve) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        if curve["train_tokens"]:
+            ax_loss.plot(curve["train_tokens"], curve["train_loss"], color=color, alpha=0.25, linewidth=1)
+        ax_loss.plot(curve["val_tokens"], curve["val_loss"], "o-", color=color, label=f"{label} (val)", markersize=3)
+        ax_bpb.plot(curve["val_tokens"], curve["val_bpb"], "o-", color=color, label=label, markersize=3)
+    ax_loss.set_ylabel("loss (nats/token); faint: training")
+    ax_bpb.set_ylabel("validation bits per byte")
+    for ax in (ax_loss, ax_bpb):
+        ax.set_xlabel("training tokens")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(subtitle, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,336 @@
+"""The ``attnlab bench`` loop: for each model and length, time a training step, a prefill and decoding.
+
+Each measurement becomes one flat row (see ``ROW_FIELDS`` in ``report``); a measurement that fails (out of
+memory, a length the model cannot take) becomes a row with ``status`` "error: ..." and the run goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..errors import AttnlabError, ConfigError
+from ..evaluation import autocast_context
+from ..models import get_family
+from .env import environment
+from .flops import count_flops, default_gemm_size, measure_peak_flops
+from .memory import peak_memory_bytes, state_tensors
+from .specs import MATCH_MODES, Resolved, parse_model_specs, resolve
+from .timing import Timing, time_fn
+
+PARTS = ("train", "prefill", "decode")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+@dataclass
+class BenchConfig:
+    """Everything a bench run depends on; a suite file holds the same keys."""
+
+    name: str = "bench"
+    models: list[str] = field(default_factory=lambda: ["all"])
+    preset: str = "tiny"
+    match: str = "dims"
+    d_model: int | None = None
+    n_layers: int | None = None
+    n_heads: int | None = None
+    vocab_size: int = 256
+    dropout: float | None = 0.0  # measure the architecture, not the regulariser; None keeps the presets'
+    batch_size: int = 4
+    seq_lens: list[int] = field(default_factory=lambda: [128, 256, 512])
+    contexts: list[int] = field(default_factory=lambda: [128, 512])
+    decode_tokens: int = 8
+    parts: list[str] = field(default_factory=lambda: list(PARTS))
+    no_cache: bool = True
+    dtype: str = "float32"
+    device: str = "auto"
+    threads: int | None = None
+    warmup: int = 1
+    repeats: int = 5
+    gemm_size: int | None = None
+    seed: int = 0
+    plots: bool = True
+    progress: bool = True
+    out_dir: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        if self.match not in MATCH_MODES:
+            raise ConfigError(f"match must be one of {MATCH_MODES}, got {self.match!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
+        bad = set(self.parts) - set(PARTS)
+        if bad or not self.parts:
+            raise ConfigError(f"parts must be some of {PARTS}, got {self.parts}")
+        for name in ("batch_size", "vocab_size", "decode_tokens", "repeats"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+        for name in ("seq_lens", "contexts"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or v <= 0 for v in values):
+                raise ConfigError(f"{name} must be a non-empty list of positive integers, got {values}")
+        for name in ("d_model", "n_layers", "n_heads", "threads", "gemm_size"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"{name} must be positive, got {value}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out_dir or f"runs/bench-{self.name}")
+
+    @property
+    def block_size(self) -> int:
+        """Long enough for every length measured (learned positions cannot extrapolate)."""
+        return max(max(self.seq_lens), max(self.contexts) + self.decode_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "BenchConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown bench option(s): {', '.join(sorted(unknown))}")
+        return cls(**values)
+
+
+@dataclass
+class BenchResult:
+    config: BenchConfig
+    env: dict[str, Any]
+    peak_flops: dict[str, dict[str, float | int]]
+    rows: list[dict[str, Any]]
+    skipped: list[dict[str, str]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config.to_dict(), "env": self.env, "peak_flops": self.peak_flops,
+                "results": self.rows, "skipped": self.skipped}
+
+
+def pick_device(name: str) -> torch.device:
+    from ..training.distributed import DistInfo, pick_device as pick
+
+    return pick(name, DistInfo())
+
+
+@contextlib.contextmanager
+def pinned_threads(threads: int | None):
+    """Pin intra-op CPU threads for the run (so results say how many were used), then restore them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
+    """Run every measurement of ``cfg``; nothing is written (see ``report.write_bench``)."""
+    console = console or Console(stderr=True)
+    specs, skipped = parse_model_specs(cfg.models, cfg.preset)
+    device = pick_device(cfg.device)
+    dims = {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads}
+    fixed = {"vocab_size": cfg.vocab_size, "block_size": cfg.block_size}
+    if cfg.dropout is not None:
+        fixed["dropout"] = cfg.dropout
+    resolved = skipped + resolve(specs, cfg.match, dims=dims, fixed=fixed)
+    with pinned_threads(cfg.threads):
+        env = environment(device)
+        rows: list[dict[str, Any]] = []
+        with _progress(cfg, console) as bar:
+            task = bar.add_task("peak GEMM", total=_n_steps(cfg, resolved) + 2, what="")
+            peak = {}
+            for dtype in DTYPES:
+                bar.update(task, what=f"peak GEMM {dtype}")
+                peak[dtype] = measure_peak_flops(device, DTYPES[dtype], cfg.gemm_size or default_gemm_size(device))
+                bar.advance(task)
+            for item in resolved:
+                if item.config is None:
+                    continue
+                try:
+                    bench = ModelBench(item, cfg, device, peak[cfg.dtype]["flops_per_s"])
+                except (AttnlabError, RuntimeError, ValueError) as exc:  # e.g. out of memory building it
+                    item.skipped = _first_line(exc)
+                    continue
+                for row in bench.run(lambda what: bar.update(task, what=what), lambda: bar.advance(task)):
+                    rows.append({**row, **env})
+                    if cfg.progress and not console.is_terminal:  # no live bar in a log: one line per result
+                        console.print(_log_line(row), highlight=False)
+                del bench
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+    skipped_rows = [{"model": r.spec.label, "reason": r.skipped} for r in resolved if r.skipped]
+    return BenchResult(cfg, env, peak, rows, skipped_rows)
+
+
+def _n_steps(cfg: BenchConfig, resolved: list[Resolved]) -> int:
+    per_model = len(cfg.seq_lens) * (("train" in cfg.parts) + ("prefill" in cfg.parts))
+    if "decode" in cfg.parts:
+        per_model += len(cfg.contexts) * (1 + cfg.no_cache)
+    return per_model * sum(r.config is not None for r in resolved)
+
+
+def _progress(cfg: BenchConfig, console: Console):
+    return Progress(TextColumn("[bold blue]bench"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[what]}"),
+                    TimeElapsedColumn(), console=console, disable=not cfg.progress)
+
+
+def make_train_step(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, device: torch.device
+) -> tuple[Callable[..., None], torch.optim.Optimizer]:
+    """A closure doing forward + backward + AdamW step + zero_grad, already run once.
+
+    The first call creates the optimizer state, so what is measured afterwards is the steady state.
+    """
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step(_=None) -> None:
+        with autocast_context(device, dtype):
+            loss = model(input_ids=x, shift_labels=y, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    step()
+    return step, optimizer
+
+
+class ModelBench:
+    """All measurements of one model; rows share its identity (label, family, sizes, parameters)."""
+
+    def __init__(self, item: Resolved, cfg: BenchConfig, device: torch.device, peak_flops_per_s: float):
+        self.cfg, self.device, self.peak = cfg, device, peak_flops_per_s
+        torch.manual_seed(cfg.seed)
+        config = item.config
+        self.model = get_family(item.spec.family).model_class(config).to(device)
+        self.identity = {
+            "model": item.spec.label, "family": item.spec.family, "preset": item.spec.preset, "match": cfg.match,
+            "params": item.params, "d_model": config.d_model, "n_layers": config.n_layers,
+            "n_heads": config.n_heads, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+        }
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def tokens(self, length: int) -> torch.Tensor:
+        ids = torch.randint(0, self.model.config.vocab_size, (self.cfg.batch_size, length), generator=self.generator)
+        return ids.to(self.device)
+
+    def autocast(self):
+        return autocast_context(self.device, self.cfg.dtype)
+
+    def run(self, describe: Callable[[str], None], advance: Callable[[], None]):
+        cfg, label = self.cfg, self.identity["model"]
+        jobs: list[tuple[str, int, Callable[[int], dict[str, Any]]]] = []
+        if "train" in cfg.parts:
+            jobs += [("train", t, self.train_step) for t in cfg.seq_lens]
+        if "prefill" in cfg.parts:
+            jobs += [("prefill", t, self.prefill) for t in cfg.seq_lens]
+        if "decode" in cfg.parts:
+            jobs += [("decode_cache", c, self.decode_cached) for c in cfg.contexts]
+            if cfg.no_cache:
+                jobs += [("decode_nocache", c, self.decode_uncached) for c in cfg.contexts]
+        for kind, length, job in jobs:
+            describe(f"{label} {kind} {length}")
+            base = {**self.identity, "kind": kind, "seq_len": length}
+            try:
+                yield {**base, **job(length), "status": "ok"}
+            except (RuntimeError, ValueError, torch.OutOfMemoryError) as exc:
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                yield {**base, "status": f"error: {_first_line(exc)}"}
+            advance()
+
+    def _row(self, timing: Timing, tokens: int, flops: int | None, peak_mem: int | None) -> dict[str, Any]:
+        achieved = flops / timing.median if flops else None
+        return {**timing.to_dict(), "tokens_per_s": tokens / timing.median, "flops": flops,
+                "achieved_flops_per_s": achieved, "mfu": achieved / self.peak if achieved else None,
+                "peak_mem_bytes": peak_mem}
+
+    # ------------------------------------------------------------------------------ measurements
+    def train_step(self, length: int) -> dict[str, Any]:
+        """Forward + backward + AdamW step on (batch, length) tokens; tokens/s counts every input token."""
+        x, y = self.tokens(length), self.tokens(length)
+        step, optimizer = make_train_step(self.model, x, y, self.cfg.dtype, self.device)
+        flops = count_flops(step)
+        peak_mem = peak_memory_bytes(step, self.device, [*state_tensors(self.model, optimizer), x, y])
+        timing = time_fn(step, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
+        return self._row(timing, x.numel(), flops, peak_mem)
+
+    @torch.no_grad()
+    def prefill(self, length: int) -> dict[str, Any]:
+        """One forward pass that fills the cache, keeping only the last position's logits (as generate does)."""
+        model = self.model.eval()
+        x = self.tokens(length)
+
+        def run(_=None) -> None:
+            with self.autocast():
+                model(input_ids=x, use_cache=True, logits_to_keep=1)
+
+        flops = count_flops(run)
+        peak_mem = peak_memory_bytes(run, self.device, [*state_tensors(model), x])
+        timing = time_fn(run, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
+        return self._row(timing, x.numel(), flops, peak_mem)
+
+    @torch.no_grad()
+    def decode_cached(self, context: int) -> dict[str, Any]:
+        """Per-token latency of greedy decoding with the model's cache after ``context`` tokens of prompt."""
+        model, n = self.model.eval(), self.cfg.decode_tokens
+        x = self.tokens(context)
+
+        def setup() -> list:
+            with self.autocast():
+                out = model(input_ids=x, use_cache=True, logits_to_keep=1)
+            return [out.past_key_values, out.logits[:, -1:].argmax(-1)]
+
+        def one_token(state: list) -> None:
+            with self.autocast():
+                out = model(input_ids=state[1], past_key_values=state[0], use_cache=True)
+            state[1] = out.logits[:, -1:].argmax(-1)
+
+        def decode(state: list) -> None:
+            for _ in range(n):
+                one_token(state)
+
+        state = setup()
+        flops = count_flops(lambda: one_token(state))
+        timing = time_fn(decode, setup=setup, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
+        return self._row(timing.scaled(1 / n), self.cfg.batch_size, flops, None)
+
+    @torch.no_grad()
+    def decode_uncached(self, context: int) -> dict[str, Any]:
+        """Per-token latency without a cache: every new token recomputes the whole ``context``."""
+        model = self.model.eval()
+        x = self.tokens(context)
+
+        def run(_=None) -> None:
+            with self.autocast():
+                model(input_ids=x, use_cache=False, logits_to_keep=1)
+
+        flops = count_flops(run)
+        timing = time_fn(run, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
+        return self._row(timing, self.cfg.batch_size, flops, None)
+
+
+def _log_line(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"{row['model']} {row['kind']} {row['seq_len']}: {row['status']}"
+    return (f"{row['model']} {row['kind']} {row['seq_len']}: {1e3 * row['time_median_s']:.2f} ms, "
+            f"{row['tokens_per_s']:,.0f} tok/s")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
