@@ -154,9 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("models", help="list model families and their presets")
 
     from .bench.cli import add_bench_parser, add_compare_parser
+    from .viz.cli import add_viz_parser
 
     add_bench_parser(sub)
     add_compare_parser(sub)
+    add_viz_parser(sub)
     return parser
 
 
@@ -166,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with streamed text
     from .bench.cli import cmd_bench, cmd_compare
+    from .viz.cli import cmd_viz
 
     commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info,
-                "convert": cmd_convert, "models": cmd_models, "bench": cmd_bench, "compare": cmd_compare}
+                "convert": cmd_convert, "models": cmd_models, "bench": cmd_bench, "compare": cmd_compare,
+                "viz": cmd_viz}
     try:
         return commands[args.command](args)
     except AttnlabError as exc:

@@ -1,0 +1,45 @@
+"""``attnlab viz [RUN ...]``: the parser and command, wired into ``attnlab.cli`` by ``add_viz_parser``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def add_viz_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("viz", help="local web app: look inside models (attention, relations, routing)")
+    p.add_argument("runs", nargs="*", help="run directories or HF model directories offered in the app")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (0: any free port)")
+    p.add_argument("--max-prompt-tokens", type=int, default=256, help="longest prompt analysed")
+    p.add_argument("--max-parameters", type=int, default=200_000_000, help="largest model loaded")
+    p.add_argument("--max-new-tokens", type=int, default=200, help="longest generation")
+    return p
+
+
+def cmd_viz(args: argparse.Namespace) -> int:
+    from ..cli import _Parser
+    from ..errors import AttnlabError
+    from .server import serve
+
+    parser = _Parser(prog="attnlab viz")
+    for run in args.runs:
+        if not (Path(run) / "config.json").is_file():
+            parser.error(f"{run} is not a saved model: no config.json there")
+    if not 0 <= args.port < 65536:
+        parser.error(f"--port must be 0..65535, got {args.port}")
+    for name in ("max_prompt_tokens", "max_parameters", "max_new_tokens"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    try:
+        serve(args.runs, args.host, args.port, max_prompt_tokens=args.max_prompt_tokens,
+              max_parameters=args.max_parameters, max_new_tokens=args.max_new_tokens)
+    except OSError as exc:  # port in use, bad host
+        parser.error(f"cannot serve on {args.host}:{args.port}: {exc.strerror or exc}")
+    except AttnlabError as exc:
+        print(f"attnlab viz: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 0
+    return 0
