@@ -100,7 +100,7 @@ def render_model_card(model: nn.Module, metadata: dict[str, Any] | None = None) 
 
 # {name}
 
-This is a {kind} language model ({config.model_type}) built with [attnlab](https://github.com/), trained on
+This is a {kind} language model ({config.model_type}) built with attnlab, trained on
 `{train.get('data', 'unspecified data')}`. The model has {_count(n_params)} parameters ({n_params:,}).
 
 ## Model Details
