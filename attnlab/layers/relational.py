@@ -48,6 +48,7 @@ RELATION_ACTIVATIONS = {
     "silu": F.silu,
 }
 RELATION_FORMS = ("auto", "fused", "direct")
+FUSED_FROM_KEYS = {"cpu": 1024, "cuda": 256}  # where rel_form="auto" switches to the fused form
 
 
 def causal_softmax(scores: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
@@ -103,12 +104,13 @@ class RelationalAttention(nn.Module):
         self.symbol_values = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)  # W_s
         self.w_r = nn.Parameter(torch.empty(n_heads, n_relations, head_dim))  # W_r^h
 
-    def uses_fused_form(self, q_len: int, kv_len: int, need_weights: bool) -> bool:
-        """``auto``: direct for short contexts (fewer FLOPs, N² still small), fused from 256 keys on (O(N)
-        memory; faster in benchmarks/dat.py on CPU at 256+ tokens, slower at 64)."""
+    def uses_fused_form(self, q_len: int, kv_len: int, need_weights: bool, device_type: str = "cpu") -> bool:
+        """``auto``: direct for short contexts (fewer FLOPs, N² still small), fused from ``FUSED_FROM_KEYS``
+        keys on (O(N) memory). On an idle 2-core CPU, benchmarks/dat.py (d_model 256, 4 layers) found direct
+        faster at 256 and 512 tokens and fused faster at 1024; on GPU the fused call runs the flash kernel."""
         if self.activation != "identity" or self.relative_symbols or need_weights or self.form == "direct":
             return False
-        return self.form == "fused" or kv_len >= 256
+        return self.form == "fused" or kv_len >= FUSED_FROM_KEYS.get(device_type, FUSED_FROM_KEYS["cuda"])
 
     def forward(
         self, x: torch.Tensor, symbols: torch.Tensor, ctx: MixerContext
@@ -132,7 +134,7 @@ class RelationalAttention(nn.Module):
             if not self.relative_symbols:
                 sym = packed[..., : Hkv * D]
         kv_len = k.shape[-2]
-        if self.uses_fused_form(seq, kv_len, ctx.output_attentions):
+        if self.uses_fused_form(seq, kv_len, ctx.output_attentions, x.device.type):
             y, weights = self._fused(q, k, sym, q_rel, k_rel, ctx), None
         else:
             y, weights = self._direct(q, k, sym, q_rel, k_rel, ctx)
