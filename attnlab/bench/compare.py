@@ -7,7 +7,6 @@ unfinished runs and reuses finished ones; the report is then rebuilt from the ru
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from rich.console import Console
 
 from ..errors import AttnlabError, ConfigError
 from ..io import write_json
+from ..options import Options
 from ..training.checkpoint import latest_checkpoint
 from ..training.config import TrainConfig
 from .env import environment
@@ -30,8 +30,9 @@ PER_MODEL_KEYS = ("model", "preset", "model_overrides", "out_dir", "resume")
 
 
 @dataclass
-class CompareConfig:
+class CompareConfig(Options):
     """The models and the one training setup they all share (``train``: any ``TrainConfig`` option)."""
+    option_kind = "compare"
 
     name: str = "compare"
     models: list = field(default_factory=lambda: ["all"])
@@ -59,16 +60,6 @@ class CompareConfig:
                   "preset": spec.preset, "model_overrides": dict(spec.overrides), "out_dir": str(run_dir)}
         return TrainConfig.from_dict(values)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CompareConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown compare option(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
 
 
 @dataclass

@@ -7,7 +7,6 @@ memory, a length the model cannot take) becomes a row with ``status`` "error: ..
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from ..errors import AttnlabError, ConfigError
 from ..evaluation import autocast_context
 from ..models import get_family
+from ..options import Options
 from .env import environment
 from .flops import count_flops, default_gemm_size, measure_peak_flops
 from .memory import peak_memory_bytes, state_tensors
@@ -31,8 +31,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 @dataclass
-class BenchConfig:
+class BenchConfig(Options):
     """Everything a bench run depends on; a suite file holds the same keys."""
+    option_kind = "bench"
 
     name: str = "bench"
     models: list[str] = field(default_factory=lambda: ["all"])
@@ -95,16 +96,6 @@ class BenchConfig:
         """Long enough for every length measured (learned positions cannot extrapolate)."""
         return max(max(self.seq_lens), max(self.contexts) + self.decode_tokens)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "BenchConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown bench option(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
 
 
 @dataclass

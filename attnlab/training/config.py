@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
+from ..options import Options
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "sophia")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
+    option_kind = "training"
     # model
     model: str = "gpt"
     preset: str = "tiny"
@@ -110,16 +111,6 @@ class TrainConfig:
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return cls(**values)
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
