@@ -12,13 +12,13 @@ saves for the backward pass (deduplicated by storage), the part of training memo
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 
 import torch
 
 import attnlab
+from attnlab.bench.timing import synchronize, time_fn
 
 
 def build(family: str, args: argparse.Namespace, block_size: int, **overrides) -> torch.nn.Module:
@@ -28,11 +28,6 @@ def build(family: str, args: argparse.Namespace, block_size: int, **overrides) -
         block_size=block_size, dropout=0.0, **overrides,
     )
     return model.to(args.device)
-
-
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def saved_for_backward_mb(fn) -> float:
@@ -49,16 +44,8 @@ def saved_for_backward_mb(fn) -> float:
 
 
 def timed(fn, device: str, repeats: int) -> float:
-    """Median seconds of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``fn`` after one warm-up call (the ``attnlab bench`` timer)."""
+    return time_fn(lambda _: fn(), device=torch.device(device), warmup=1, repeats=repeats).median
 
 
 def train_step(model: torch.nn.Module, length: int, args: argparse.Namespace) -> tuple[float, float]:
@@ -86,11 +73,11 @@ def per_token_generation(model: torch.nn.Module, context: int, args: argparse.Na
     token = logits[:, -1:].argmax(-1)
     for _ in range(3):  # warm up the one-token path
         token = model(token, past_key_values=cache, use_cache=True).logits.argmax(-1)
-    sync(args.device)
+    synchronize(torch.device(args.device))
     start = time.perf_counter()
     for _ in range(args.gen_tokens):
         token = model(token, past_key_values=cache, use_cache=True).logits.argmax(-1)
-    sync(args.device)
+    synchronize(torch.device(args.device))
     return (time.perf_counter() - start) / args.gen_tokens
 
 

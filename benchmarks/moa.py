@@ -16,12 +16,11 @@ Prints three Markdown tables:
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 import attnlab
+from attnlab.bench.timing import time_fn
 
 
 def build(family: str, args: argparse.Namespace, **overrides) -> torch.nn.Module:
@@ -33,22 +32,9 @@ def build(family: str, args: argparse.Namespace, **overrides) -> torch.nn.Module
     return model.to(args.device)
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def timed(fn, device: str, repeats: int) -> float:
-    """Median seconds of ``fn`` after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median seconds of ``fn`` after one warm-up call (the ``attnlab bench`` timer)."""
+    return time_fn(lambda _: fn(), device=torch.device(device), warmup=1, repeats=repeats).median
 
 
 def saved_activation_mb(model: torch.nn.Module, x: torch.Tensor) -> float:
