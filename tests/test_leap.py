@@ -11,7 +11,8 @@ from attnlab.layers import MixerContext
 from attnlab.layers.leap import CausalFastformer, LeapAttention
 from attnlab.ops.leap import additive_attention, window_weights
 
-WINDOWS = [1, 2, 3, 5, 16, 37, 100, None]  # k=1, k < chunk, k > chunk, k = T, k > T, global
+WINDOWS = [1, 2, 3, 5, 7, 8, 11, 16, 36, 37, 100, None]  # k=1, k ≤ chunk (band), k > chunk (with and
+# without a chunk-sized divisor, one or two row groups), k = T, k > T, global
 
 
 def naive_additive(scores, values, window=None, mask=None):
@@ -60,6 +61,16 @@ def test_kernel_matches_the_naive_loop(window, masked, chunk):
     mask = (torch.rand(2, 1, 37) > 0.3) if masked else None
     got, _ = additive_attention(scores, values, window, mask, chunk=chunk)
     torch.testing.assert_close(got, naive_additive(scores, values, window, mask), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("window", [1, 3, 4, 6, 7, 8, 11, None])
+@pytest.mark.parametrize("masked", [False, True])
+def test_kernel_gradients_match_finite_differences(window, masked):
+    """The maxes are detached (the result does not depend on them), so autograd must still be exact."""
+    scores = (2 * torch.randn(1, 2, 19, dtype=torch.float64)).requires_grad_()
+    values = torch.randn(1, 2, 19, 3, dtype=torch.float64, requires_grad=True)
+    mask = (torch.rand(1, 1, 19) > 0.3) if masked else None
+    assert torch.autograd.gradcheck(lambda s, v: additive_attention(s, v, window, mask, chunk=4)[0], (scores, values))
 
 
 @pytest.mark.parametrize("window", [1, 3, 8, None])
@@ -111,7 +122,7 @@ def long_inputs():
     return scores, values
 
 
-@pytest.mark.parametrize("window", [1, 64, 1000, None])
+@pytest.mark.parametrize("window", [1, 64, 999, 1000, None])
 def test_stable_on_16k_tokens_in_fp32_and_bf16_autocast(long_inputs, window):
     scores, values = long_inputs
     got, _ = additive_attention(scores, values, window)
