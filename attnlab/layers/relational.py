@@ -166,6 +166,10 @@ class RelationalAttention(nn.Module):
         sym = sym.view(batch, kv_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
         k_rel = k_rel[:, None].expand(batch, self.n_kv_heads, kv_len, k_rel.shape[-1])
         values = torch.cat([sym, k_rel.to(sym.dtype)], dim=-1)
+        if q.device.type == "cpu":
+            # PyTorch's CPU flash kernel needs one head width for q, k and v (else SDPA falls back to the math
+            # path and materialises N×N): zero-padding q and k leaves q·k unchanged (scale given explicitly)
+            q, k = (F.pad(t, (0, values.shape[-1] - self.head_dim)) for t in (q, k))
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -173,6 +177,7 @@ class RelationalAttention(nn.Module):
             attn_mask=ctx.attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=ctx.attn_mask is None and ctx.past_length == 0 and q.shape[-2] > 1,
+            scale=self.head_dim**-0.5,
             enable_gqa=self.n_kv_heads != self.n_heads,
         )
         y, attended_keys = out.split([self.head_dim, k_rel.shape[-1]], dim=-1)
