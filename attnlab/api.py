@@ -33,8 +33,13 @@ def evaluate(
     max_tokens: int | None = None,
     device: str = "auto",
     dtype: str = "float32",
+    memory: bool = False,
 ) -> dict[str, float]:
-    """``attnlab eval``: loss, perplexity and bits per byte of a saved model on a split of ``data``."""
+    """``attnlab eval``: loss, perplexity and bits per byte of a saved model on a split of ``data``.
+
+    ``memory=True`` evaluates a Transformer-XL model (lsw) the way segment streaming trains it: contiguous
+    streams of consecutive ``block_size`` segments, memory carried over (see ``evaluation.evaluate``).
+    """
     from . import load, load_tokenizer
     from .data import prepare_data
     from .evaluation import evaluate as evaluate_model
@@ -53,6 +58,8 @@ def evaluate(
         max_tokens=max_tokens,
         device=torch_device,
         dtype=dtype,
+        memory=memory,
+        eos_token_id=prepared.tokenizer.eos_token_id,
     )
 
 

@@ -126,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=None)
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--memory", action="store_true",
+                   help="XL-memory models: read the split as streams of consecutive segments, carrying memory")
     p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("generate", help="stream text from a saved run")
@@ -225,7 +227,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     metrics = evaluate(args.run, args.data, split=args.split, val_fraction=args.val_fraction,
                        text_field=args.text_field, block_size=args.block_size, batch_size=args.batch_size,
-                       max_tokens=args.max_tokens, device=args.device, dtype=args.dtype)
+                       max_tokens=args.max_tokens, device=args.device, dtype=args.dtype, memory=args.memory)
     if args.json:
         print(json.dumps(metrics))
     else:

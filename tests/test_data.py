@@ -377,6 +377,22 @@ def test_eval_batches_predict_every_target_once():
     assert torch.equal(limited, torch.arange(1, 26))
 
 
+def test_eval_streams_read_contiguous_streams_and_predict_every_target_once():
+    tokens = np.arange(103, dtype=np.uint16)
+    tokens[[30, 60]] = 999  # two eos tokens: documents change after them
+    split = TokenSplit(tokens, np.ones(1000, dtype=np.int64))
+    batches = list(split.eval_streams(batch_size=4, block_size=10, eos_id=999))
+    # 102 targets: 4 streams of 25 (segments 10, 10, 5), then the 2 left over as one row
+    assert [tuple(x.shape) for x, _, _ in batches] == [(4, 10), (4, 10), (4, 5), (1, 2)]
+    targets = torch.cat([torch.cat([y[r] for _, y, _ in batches[:3]]) for r in range(4)] + [batches[3][1][0]])
+    assert torch.equal(targets, torch.from_numpy(tokens[1:].astype(np.int64)))
+    assert all(torch.equal(x[:, 1:], y[:, :-1]) for x, y, _ in batches)
+    docs = torch.cat([torch.cat([d[r] for _, _, d in batches[:3]]) for r in range(4)] + [batches[3][2][0]])
+    assert torch.equal(docs, torch.from_numpy(np.searchsorted([30, 60], np.arange(102)).astype(np.int64)))
+    limited = list(split.eval_streams(2, 10, max_tokens=25))
+    assert [tuple(x.shape) for x, _, _ in limited] == [(2, 10), (2, 2), (1, 1)]
+
+
 # ------------------------------------------------------------------------------------------- metrics
 def test_uniform_byte_predictor_scores_eight_bits_per_byte(corpus_dir):
     data = prepare_data(str(corpus_dir), "byte", progress=False)

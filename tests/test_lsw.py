@@ -79,6 +79,26 @@ def test_segments_with_memory_equal_one_pass_with_the_xl_window(mem_len):
     assert memory.get_seq_length() == 24 and memory.keys[0].shape[2] == mem_len
 
 
+def test_validation_with_memory_scores_each_stream_as_one_long_context():
+    """evaluate(memory=True) with mem_len ≥ the stream: each segment sees its whole stream so far, so the
+    loss equals one forward pass over every stream; without memory each segment starts from nothing."""
+    import numpy as np
+
+    from attnlab.data.split import TokenSplit
+    from attnlab.evaluation import evaluate
+
+    model = make(mem_len=64)
+    tokens = np.random.default_rng(0).integers(0, 256, 61).astype(np.uint16)  # 60 targets: 2 streams of 30
+    split = TokenSplit(tokens, np.ones(256, dtype=np.int64))
+    streams = torch.from_numpy(tokens.astype(np.int64))[:60].view(2, 30)
+    targets = torch.from_numpy(tokens.astype(np.int64))[1:].view(2, 30)
+    one_pass = F.cross_entropy(model(streams).logits.flatten(0, 1), targets.flatten()).item()
+    kwargs = dict(byte_lengths=np.ones(256), batch_size=2, block_size=8, device="cpu")
+    with_memory = evaluate(model, split, memory=True, **kwargs)
+    assert with_memory["tokens"] == 60 and with_memory["loss"] == pytest.approx(one_pass, rel=1e-6)  # fp32 CE
+    assert evaluate(model, split, **kwargs)["loss"] != pytest.approx(one_pass, rel=1e-5)
+
+
 def test_generation_reads_memory_beyond_one_segment():
     """A 10-token prompt, then 12 greedy tokens with an 8-token memory: each new token sees 8 back + itself."""
     model = make(mem_len=8)

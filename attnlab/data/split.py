@@ -74,12 +74,17 @@ class TokenSplit:
             raise DataError(f"a split of {len(self):,} tokens cannot hold one segment of {block_size} (+1 target)")
         passes, windows = np.divmod(np.arange(batch_size) * n_windows // batch_size + step, n_windows)
         starts = windows * block_size
-        boundaries = self._eos_positions(eos_id)
-        docs = np.searchsorted(boundaries, starts[:, None] + np.arange(block_size)) + passes[:, None] * (
-            len(boundaries) + 1
-        )
         x, y = self._windows(starts, block_size)
-        return x, y, torch.from_numpy(docs.astype(np.int64))
+        return x, y, self._document_ids(starts, block_size, eos_id, passes)
+
+    def _document_ids(
+        self, starts: np.ndarray, length: int, eos_id: int | None, passes: np.ndarray | int = 0
+    ) -> torch.Tensor:
+        """(rows, length): eos tokens before each position, offset per pass over the split (unique per document)."""
+        boundaries = self._eos_positions(eos_id)
+        docs = np.searchsorted(boundaries, starts[:, None] + np.arange(length))
+        docs = docs + np.reshape(passes, (-1, 1)) * (len(boundaries) + 1)
+        return torch.from_numpy(docs.astype(np.int64))
 
     def _eos_positions(self, eos_id: int | None) -> np.ndarray:
         if eos_id is None:
@@ -108,6 +113,30 @@ class TokenSplit:
             yield self._windows(starts, block_size)
         if rest := n_targets - n_full * block_size:
             yield self._windows(np.array([n_full * block_size]), rest)
+
+    def eval_streams(
+        self, batch_size: int, block_size: int, max_tokens: int | None = None, eos_id: int | None = None
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Each target once, read as ``batch_size`` contiguous streams of consecutive segments (for XL memory).
+
+        The first ``max_tokens`` targets (all when None) are cut into ``batch_size`` equal streams; batch k
+        holds segment k of every stream, so a model carrying memory from batch to batch sees, per row, the
+        text right before each segment. The < ``batch_size`` targets left over come last as one (1, rest)
+        batch, which starts a stream of its own. Yields x, y and document ids (see ``stream_batch``).
+        """
+        _check_positive(batch_size=batch_size, block_size=block_size)
+        n_targets = max(len(self) - 1, 0)
+        if max_tokens is not None:
+            _check_positive(max_tokens=max_tokens)
+            n_targets = min(n_targets, max_tokens)
+        stream = n_targets // batch_size
+        for offset in range(0, stream, block_size):
+            length = min(block_size, stream - offset)
+            starts = np.arange(batch_size) * stream + offset
+            yield *self._windows(starts, length), self._document_ids(starts, length, eos_id)
+        if rest := n_targets - stream * batch_size:
+            starts = np.array([stream * batch_size])
+            yield *self._windows(starts, rest), self._document_ids(starts, rest, eos_id)
 
     def _windows(self, starts: np.ndarray, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = torch.from_numpy(

@@ -299,6 +299,8 @@ class Trainer:
             max_tokens=cfg.eval_tokens,
             device=self.device,
             dtype=cfg.dtype,
+            memory=bool(self.memories),  # a segment-stream run is validated the way it reads text
+            eos_token_id=self.data.tokenizer.eos_token_id,
         )
         best = self.state["best_val_bpb"]
         self.state["best_val_bpb"] = val["bpb"] if best is None else min(best, val["bpb"])
