@@ -2,6 +2,8 @@
 
 import csv
 import json
+import re
+import sys
 
 import pytest
 import torch
@@ -11,12 +13,13 @@ from attnlab.bench.compare import CompareConfig
 from attnlab.bench.flops import count_flops
 from attnlab.bench.memory import peak_memory_bytes
 from attnlab.bench.report import ROW_FIELDS
-from attnlab.bench.runner import BenchConfig, run_bench
+from attnlab.bench.runner import BenchConfig, _n_steps, resolve_models, run_bench
 from attnlab.bench.specs import count_params, parse_model_specs, resolve
+from attnlab.bench.targets import check_target_labels, parse_targets
 from attnlab.bench.suites import available_suites, load_suite
 from attnlab.bench.timing import Timing
 from attnlab.errors import ConfigError
-from attnlab.models import GPTConfig, GPTForCausalLM, create_model
+from attnlab.models import GPTConfig, GPTForCausalLM, build_config, create_model
 from attnlab.models.registry import FAMILIES, Family
 
 TINY = ["--models", "gpt:debug", "--seq-lens", "16", "32", "--contexts", "16", "--decode-tokens", "2",
@@ -85,7 +88,7 @@ def test_bench_writes_documented_fields_table_and_plots(tmp_path, capsys):
     assert code == 0, err
     assert "gpt:debug" in stdout and "recompute" in stdout
     data = json.loads((out / "results.json").read_text())
-    assert set(data) == {"config", "env", "peak_flops", "results", "skipped"}
+    assert set(data) == {"config", "env", "peak_flops", "results", "skipped", "targets"} and data["targets"] == []
     assert set(data["peak_flops"]) == {"float32", "bfloat16"}
     rows = data["results"]
     assert {r["kind"] for r in rows} == {"train", "prefill", "decode_cache", "decode_nocache"}
@@ -98,6 +101,11 @@ def test_bench_writes_documented_fields_table_and_plots(tmp_path, capsys):
         assert (row["peak_mem_bytes"] is not None) == (row["kind"] in ("train", "prefill"))
     train = [r for r in rows if r["kind"] == "train"]
     assert train[0]["peak_mem_bytes"] < train[1]["peak_mem_bytes"]  # longer sequence, more activations
+    # the KV cache after 16 tokens of context and 2 decoded: layers × (K, V) × batch × heads × 18 × head_dim fp32
+    (decode,) = [r for r in rows if r["kind"] == "decode_cache"]
+    assert decode["cache_bytes"] == 2 * 2 * 2 * 4 * 18 * 8 * 4
+    assert all(r["cache_bytes"] is None for r in rows if r["kind"] != "decode_cache")
+    assert all(r["implementation"] == "attnlab" for r in rows)
     with open(out / "results.csv") as f:
         reader = csv.DictReader(f)
         assert reader.fieldnames == ROW_FIELDS and len(list(reader)) == len(rows)
@@ -144,13 +152,120 @@ def test_matched_parameter_count_changes_width_only():
 
 def test_every_checked_in_suite_is_valid():
     names = available_suites()
-    assert {"cpu-small", "gpu-full", "compare-shakespeare"} <= set(names)
+    assert {"cpu-small", "gpu-full", "compare-shakespeare", "leap", "dat", "lsw", "moa"} <= set(names)
     for name in names:
         try:
-            BenchConfig.from_dict(load_suite(name, "bench"))
+            cfg = BenchConfig.from_dict(load_suite(name, "bench"))
         except ConfigError as exc:
             assert "compare suite" in str(exc)
             CompareConfig.from_dict(load_suite(name, "compare"))
+            continue
+        specs, skipped = parse_model_specs(cfg.models, cfg.preset)  # models, per-model options
+        check_target_labels(parse_targets(cfg.targets), [s.label for s in specs] + [r.spec.label for r in skipped])
+        assert cfg.out_dir == f"benchmarks/results/{name}"
+
+
+def test_family_suites_schedule_what_the_issues_ask():
+    leap = BenchConfig.from_dict(load_suite("leap", "bench"))
+    specs = {s.label: s for s in parse_model_specs(leap.models)[0]}
+    assert leap.plan(specs["leap-k4"]).jobs() == [("train", 4096), ("train", 16384)]
+    assert leap.plan(specs["gpt"]).jobs()[-1] == ("decode_cache", 8192)
+    assert {t["max"] for t in leap.targets} >= {20, 1.3}
+    dat = BenchConfig.from_dict(load_suite("dat", "bench"))
+    authors = [s for s in parse_model_specs(dat.models)[0] if s.label == "dat-authors"][0]
+    assert authors.reference == "dual-attention" and authors.family == "dat"
+    assert all(t["min"] == 1.5 and t["value"].startswith("dat-authors train") for t in dat.targets)
+    lsw = BenchConfig.from_dict(load_suite("lsw", "bench"))
+    assert [s.label for s in parse_model_specs(lsw.models)[0] if lsw.plan(s).train_with_cache] == [
+        "lsw-xl", "lsw-xl-simctg"]
+
+
+# ------------------------------------------------------------------------------ per-model options
+def tiny_config(**values) -> BenchConfig:
+    base = dict(d_model=32, n_layers=1, n_heads=4, seq_lens=[16], contexts=[16], decode_tokens=2, batch_size=2,
+                warmup=0, repeats=1, gemm_size=32, progress=False)
+    return BenchConfig(**{**base, **values})
+
+
+def test_a_model_entry_replaces_the_runs_measurement_options():
+    short = {"label": "short", "model": "gpt", "preset": "debug", "seq_lens": [8], "parts": ["train"], "batch_size": 1}
+    cfg = tiny_config(models=["gpt:debug", short], seq_lens=[16, 32], parts=["train", "decode"], no_cache=False)
+    resolved, _ = resolve_models(cfg)
+    assert [r.config.block_size for r in resolved] == [32, 8]  # each model long enough for its own lengths
+    assert _n_steps(cfg, resolved) == 3 + 1  # the progress bar counts each model's own rows
+    result = run_bench(cfg)
+    got = [(r["model"], r["kind"], r["seq_len"], r["batch_size"]) for r in result.rows]
+    assert got == [("gpt:debug", "train", 16, 2), ("gpt:debug", "train", 32, 2), ("gpt:debug", "decode_cache", 16, 2),
+                   ("short", "train", 8, 1)]
+    assert all(r["status"] == "ok" for r in result.rows)
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"model": "gpt", "seq_len": [8]}, "unknown key(s) seq_len"),
+        ({"model": "gpt", "label": "g", "seq_lens": [0]}, "model 'g': seq_lens must be"),
+        ({"model": "gpt", "label": "g", "parts": ["fly"]}, "model 'g': parts must be"),
+        ({"model": "gpt", "label": "g", "train_with_cache": "yes"}, "model 'g': train_with_cache must be"),
+    ],
+)
+def test_bad_model_entries_are_one_line_config_errors(entry, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_model_specs([entry])
+
+
+def test_train_with_cache_carries_the_memory_from_step_to_step():
+    base = {"model": "lsw", "preset": "debug", "model_overrides": {"mem_len": 16, "d_emb": 32}, "parts": ["train"]}
+    cfg = tiny_config(models=[{**base, "label": "plain"}, {**base, "label": "xl", "train_with_cache": True}])
+    plain, xl = run_bench(cfg).rows
+    assert plain["status"] == xl["status"] == "ok"
+    # the same model and tokens; with the memory, queries also attend to the previous step's 16 keys
+    assert xl["params"] == plain["params"] and xl["flops"] > plain["flops"]
+    assert xl["peak_mem_bytes"] > plain["peak_mem_bytes"]
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"mem_len": 0}, "needs a model with XL memory"), ({"pos": "learned"}, "needs relative positions")],
+)
+def test_train_with_cache_needs_a_streamable_memory(overrides, message):
+    entry = {"model": "lsw", "preset": "debug", "label": "m", "model_overrides": overrides, "train_with_cache": True}
+    with pytest.raises(ConfigError, match=message):
+        run_bench(tiny_config(models=[entry]))
+
+
+# ----------------------------------------------------------------------------------- references
+def test_a_reference_that_is_not_installed_is_skipped_with_the_install_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "dual_attention.language_models", None)  # import fails as if absent
+    cfg = tiny_config(models=["gpt:debug", "dual-attention:debug"], parts=["train"])
+    result = run_bench(cfg)
+    assert [r["model"] for r in result.rows] == ["gpt:debug"]
+    (skipped,) = result.skipped
+    assert skipped["model"] == "dual-attention:debug"
+    assert skipped["reason"].endswith("install it with: pip install --no-deps dual-attention==0.0.7 einops")
+
+
+def test_the_authors_dat_runs_beside_ours_at_the_same_config():
+    pytest.importorskip("einops")
+    pytest.importorskip("dual_attention.language_models")
+    models = ["dat:debug", {"label": "dat-authors", "model": "dual-attention", "preset": "debug"}]
+    targets = [{"name": "theirs / ours", "value": "dat-authors train 16", "over": "dat:debug train 16", "min": 0},
+               {"name": "their decode", "value": "dat-authors decode 16", "over": "dat:debug decode 16", "max": 9}]
+    result = run_bench(tiny_config(models=models, targets=targets))
+    rows = {(r["model"], r["kind"]): r for r in result.rows}
+    assert len(rows) == 8 and not result.skipped
+    ours, theirs = rows["dat:debug", "train"], rows["dat-authors", "train"]
+    assert theirs["status"] == "ok" and theirs["implementation"] == "dual-attention 0.0.7"
+    assert theirs["family"] == "dat" and theirs["d_model"] == ours["d_model"] == 32
+    # their model: no query biases and two block-diagonal output projections, so fewer parameters
+    config = build_config("dat", "debug", d_model=32, n_layers=1, n_heads=4, vocab_size=256, block_size=18,
+                          dropout=0.0)
+    assert theirs["params"] == count_params(config, "dat", "dual-attention") < ours["params"]
+    assert rows["dat-authors", "decode_cache"]["status"] == "n/a: no KV cache in dual-attention"
+    assert rows["dat-authors", "decode_nocache"]["status"] == "ok"
+    met, not_measured = result.targets
+    assert met["status"] == "met" and met["ratio"] == theirs["time_median_s"] / ours["time_median_s"]
+    assert not_measured["status"] == "not measured" and "n/a: no KV cache" in not_measured["reason"]
 
 
 # ----------------------------------------------------------------------------------------- compare
@@ -198,6 +313,8 @@ def test_compare_trains_two_models_and_writes_the_report(tmp_path, capsys):
         (["compare", "--models", "nope:tiny"], "unknown model family"),
         (["compare", "--train", "bogus=1"], "unknown training option"),
         (["compare", "--train", "out_dir=x"], "cannot be shared"),
+        (["compare", "--models", "dual-attention:debug"], "runs in `attnlab bench` only"),
+        (["bench", *TINY, "--models", "dual-attention:debug:bias=false"], "nothing to benchmark (dual-attention"),
     ],
 )
 def test_user_errors_exit_2_with_one_line(args, message, capsys):

@@ -2,8 +2,10 @@
 
 Modules, one job each: ``timing`` (warm-up, repeats, median/IQR, device sync), ``memory`` (peak live tensor
 bytes on CPU and CUDA), ``flops`` (model FLOPs and the measured GEMM peak), ``env`` (device and versions),
-``specs`` (model specs and matched sizes), ``suites`` (YAML suites), ``runner`` (the bench loop),
-``report`` (table, JSON, CSV, plots), ``compare`` (train several models, one report), ``cli``.
+``specs`` (model specs, matched sizes, per-model measurement options), ``references`` (other packages'
+implementations benchmarked beside ours), ``targets`` (a suite's ratio goals), ``suites`` (YAML suites),
+``runner`` (the bench loop), ``report`` (table, JSON, CSV, plots), ``compare`` (train several models, one
+report), ``cli``.
 """
 
 from .runner import BenchConfig, BenchResult, run_bench

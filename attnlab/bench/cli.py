@@ -48,6 +48,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out-dir", default=S, help="where results and plots go (default runs/bench-NAME)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=S, help="write PNG plots")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S, help="progress bar")
+    p.add_argument("--no-targets", dest="targets", action="store_const", const=[], default=S,
+                   help="ignore the suite's targets (e.g. when --models replaces the models they name)")
     return p
 
 

@@ -101,6 +101,7 @@ def run_compare(cfg: CompareConfig, console: Console | None = None) -> CompareRe
 
     console = console or Console(stderr=True)
     specs, skipped = parse_model_specs(cfg.models, cfg.preset)
+    _check_trainable(specs)
     report_dir = cfg.run_dir
     _claim_report_dir(report_dir, cfg)
     outcomes = [ModelOutcome(s.spec.label, s.spec.family, s.spec.preset, error=s.skipped) for s in skipped]
@@ -123,6 +124,16 @@ def run_compare(cfg: CompareConfig, console: Console | None = None) -> CompareRe
         outcomes.append(outcome)
     device = pick_device(cfg.train.get("device", "auto"))
     return CompareResult(cfg, environment(device), outcomes, report_dir)
+
+
+def _check_trainable(specs: list[ModelSpec]) -> None:
+    """Reference implementations and measurement options (seq_lens, parts...) belong to ``attnlab bench``."""
+    for spec in specs:
+        if spec.reference is not None:
+            raise ConfigError(f"model {spec.label!r}: {spec.reference} is a reference implementation; "
+                              "it runs in `attnlab bench` only")
+        if spec.measure:
+            raise ConfigError(f"model {spec.label!r}: {', '.join(spec.measure)} are `attnlab bench` options")
 
 
 def _claim_report_dir(report_dir: Path, cfg: CompareConfig) -> None:

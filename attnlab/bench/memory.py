@@ -9,14 +9,18 @@
   buffers, optimizer state, inputs; shared storages counted once). This is exact for tensors allocated
   through PyTorch's CPU allocator, including temporaries freed inside the call, and ignores memory that
   kernels take from elsewhere (oneDNN scratch, Python objects).
+
+``cache_tensors`` finds the tensors a generation cache holds, whatever its class (decode rows' cache bytes).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
+from transformers import PreTrainedConfig
 
 # Kineto prints "profiler_start/stop" lines to stderr on every profile; level 6 keeps it quiet (set the
 # variable yourself to see them). It must be set before the first profiler use.
@@ -45,6 +49,36 @@ def state_tensors(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
         for state in optimizer.state.values():
             tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
     return tensors
+
+
+def cache_tensors(cache: Any, depth: int = 6) -> list[torch.Tensor]:
+    """The tensors a generation cache or memory holds, whatever its class (KV lists, recurrent states, dicts).
+
+    Walks lists, tuples, dicts and plain objects' attributes; never into modules, classes or configs, so a
+    cache that refers to its model does not count the weights.
+    """
+    found: list[torch.Tensor] = []
+    seen: set[int] = set()
+
+    def walk(obj: Any, level: int) -> None:
+        if isinstance(obj, torch.Tensor):
+            found.append(obj)
+            return
+        if level > depth or id(obj) in seen or isinstance(obj, (torch.nn.Module, type, str, bytes, PreTrainedConfig)):
+            return
+        seen.add(id(obj))
+        if isinstance(obj, dict):
+            items = obj.values()
+        elif isinstance(obj, (list, tuple, set)):
+            items = obj
+        else:
+            items = vars(obj).values() if hasattr(obj, "__dict__") else ()
+        for item in items:
+            walk(item, level + 1)
+
+    if cache is not None:
+        walk(cache, 0)
+    return found
 
 
 def peak_memory_bytes(

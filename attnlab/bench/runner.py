@@ -1,7 +1,9 @@
 """The ``attnlab bench`` loop: for each model and length, time a training step, a prefill and decoding.
 
 Each measurement becomes one flat row (see ``ROW_FIELDS`` in ``report``); a measurement that fails (out of
-memory, a length the model cannot take) becomes a row with ``status`` "error: ..." and the run goes on.
+memory, a length the model cannot take) becomes a row with ``status`` "error: ..." and the run goes on; one
+a model cannot do at all (a reference implementation without a cache) a row with its "n/a: ..." status.
+What is measured for a model is its ``Plan``: the run's options, replaced by the model entry's own.
 """
 
 from __future__ import annotations
@@ -18,15 +20,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import AttnlabError, ConfigError
 from ..evaluation import autocast_context
-from ..models import get_family
 from ..options import Options
 from .env import environment
 from .flops import count_flops, default_gemm_size, measure_peak_flops
-from .memory import peak_memory_bytes, state_tensors
-from .specs import MATCH_MODES, Resolved, parse_model_specs, resolve
+from .memory import cache_tensors, peak_memory_bytes, state_tensors, tensor_bytes
+from .references import REFERENCES
+from .specs import (MATCH_MODES, MEASURE_OPTIONS, PARTS, ModelSpec, Resolved, build_model, check_measure_options,
+                    parse_model_specs, resolve)
+from .targets import Target, check_target_labels, evaluate_targets, parse_targets
 from .timing import Timing, time_fn
 
-PARTS = ("train", "prefill", "decode")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -50,6 +53,7 @@ class BenchConfig(Options):
     decode_tokens: int = 8
     parts: list[str] = field(default_factory=lambda: list(PARTS))
     no_cache: bool = True
+    train_with_cache: bool = False
     dtype: str = "float32"
     device: str = "auto"
     threads: int | None = None
@@ -61,6 +65,7 @@ class BenchConfig(Options):
     progress: bool = True
     out_dir: str | None = None
     description: str = ""
+    targets: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.check()
@@ -70,31 +75,67 @@ class BenchConfig(Options):
             raise ConfigError(f"match must be one of {MATCH_MODES}, got {self.match!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {tuple(DTYPES)}, got {self.dtype!r}")
-        bad = set(self.parts) - set(PARTS)
-        if bad or not self.parts:
-            raise ConfigError(f"parts must be some of {PARTS}, got {self.parts}")
-        for name in ("batch_size", "vocab_size", "decode_tokens", "repeats"):
+        check_measure_options(self.measure_options())
+        for name in ("vocab_size", "decode_tokens", "repeats"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
-        for name in ("seq_lens", "contexts"):
-            values = getattr(self, name)
-            if not values or any(not isinstance(v, int) or v <= 0 for v in values):
-                raise ConfigError(f"{name} must be a non-empty list of positive integers, got {values}")
         for name in ("d_model", "n_layers", "n_heads", "threads", "gemm_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
+        parse_targets(self.targets)
 
     @property
     def run_dir(self) -> Path:
         return Path(self.out_dir or f"runs/bench-{self.name}")
 
+    def measure_options(self) -> dict[str, Any]:
+        """The run's values of the options a model entry may replace for itself."""
+        return {name: getattr(self, name) for name in MEASURE_OPTIONS}
+
+    def plan(self, spec: ModelSpec) -> Plan:
+        """What is measured for ``spec``: these options, replaced by the ones its entry sets for itself."""
+        return Plan(**{**self.measure_options(), **spec.measure}, decode_tokens=self.decode_tokens)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One model's measurements: which parts, at which lengths and batch, and how a training step runs.
+
+    ``train_with_cache`` passes the model's cache (e.g. a Transformer-XL memory) from one training step to
+    the next, as the trainer's segment streaming does, so steps attend to the previous segment's memory.
+    """
+
+    seq_lens: list[int]
+    contexts: list[int]
+    parts: list[str]
+    batch_size: int
+    no_cache: bool
+    train_with_cache: bool
+    decode_tokens: int
+
+    def jobs(self) -> list[tuple[str, int]]:
+        """(row kind, length) of every row, in the order they are measured."""
+        jobs = []
+        if "train" in self.parts:
+            jobs += [("train", t) for t in self.seq_lens]
+        if "prefill" in self.parts:
+            jobs += [("prefill", t) for t in self.seq_lens]
+        if "decode" in self.parts:
+            jobs += [("decode_cache", c) for c in self.contexts]
+            if self.no_cache:
+                jobs += [("decode_nocache", c) for c in self.contexts]
+        return jobs
+
     @property
     def block_size(self) -> int:
-        """Long enough for every length measured (learned positions cannot extrapolate)."""
-        return max(max(self.seq_lens), max(self.contexts) + self.decode_tokens)
+        """Long enough for every length this model runs (learned positions cannot extrapolate)."""
+        lengths = list(self.seq_lens) if {"train", "prefill"} & set(self.parts) else []
+        if "decode" in self.parts:
+            lengths += [max(self.contexts) + self.decode_tokens]
+        return max(lengths)
 
 
 
@@ -105,10 +146,11 @@ class BenchResult:
     peak_flops: dict[str, dict[str, float | int]]
     rows: list[dict[str, Any]]
     skipped: list[dict[str, str]]
+    targets: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "env": self.env, "peak_flops": self.peak_flops,
-                "results": self.rows, "skipped": self.skipped}
+                "results": self.rows, "skipped": self.skipped, "targets": self.targets}
 
 
 def pick_device(name: str) -> torch.device:
@@ -128,16 +170,31 @@ def pinned_threads(threads: int | None):
         torch.set_num_threads(before)
 
 
+def resolve_models(cfg: BenchConfig) -> tuple[list[Resolved], list[Target]]:
+    """Every model of ``cfg`` with its config (or why it is skipped), and the targets, checked before any run.
+
+    Each model's block size is long enough for its own lengths (its ``Plan``).
+    """
+    specs, skipped = parse_model_specs(cfg.models, cfg.preset)
+    targets = parse_targets(cfg.targets)
+    check_target_labels(targets, [r.spec.label for r in skipped] + [s.label for s in specs])
+    dims = {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads}
+    fixed = {"vocab_size": cfg.vocab_size}
+    if cfg.dropout is not None:
+        fixed["dropout"] = cfg.dropout
+    resolved = skipped + resolve(specs, cfg.match, dims=dims,
+                                 fixed=lambda spec: {**fixed, "block_size": cfg.plan(spec).block_size})
+    for item in resolved:
+        if item.config is not None and cfg.plan(item.spec).train_with_cache:
+            check_train_with_cache(item)
+    return resolved, targets
+
+
 def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
     """Run every measurement of ``cfg``; nothing is written (see ``report.write_bench``)."""
     console = console or Console(stderr=True)
-    specs, skipped = parse_model_specs(cfg.models, cfg.preset)
+    resolved, targets = resolve_models(cfg)
     device = pick_device(cfg.device)
-    dims = {"d_model": cfg.d_model, "n_layers": cfg.n_layers, "n_heads": cfg.n_heads}
-    fixed = {"vocab_size": cfg.vocab_size, "block_size": cfg.block_size}
-    if cfg.dropout is not None:
-        fixed["dropout"] = cfg.dropout
-    resolved = skipped + resolve(specs, cfg.match, dims=dims, fixed=fixed)
     with pinned_threads(cfg.threads):
         env = environment(device)
         rows: list[dict[str, Any]] = []
@@ -155,6 +212,7 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
                     bench = ModelBench(item, cfg, device, peak[cfg.dtype]["flops_per_s"])
                 except (AttnlabError, RuntimeError, ValueError) as exc:  # e.g. out of memory building it
                     item.skipped = _first_line(exc)
+                    bar.advance(task, len(cfg.plan(item.spec).jobs()))  # its rows will not come
                     continue
                 for row in bench.run(lambda what: bar.update(task, what=what), lambda: bar.advance(task)):
                     rows.append({**row, **env})
@@ -164,14 +222,22 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
     skipped_rows = [{"model": r.spec.label, "reason": r.skipped} for r in resolved if r.skipped]
-    return BenchResult(cfg, env, peak, rows, skipped_rows)
+    return BenchResult(cfg, env, peak, rows, skipped_rows, evaluate_targets(targets, rows))
+
+
+def check_train_with_cache(item: Resolved) -> None:
+    """As the trainer's segment streaming: only a bounded memory with relative positions can be carried."""
+    config = item.config
+    if not getattr(config, "mem_len", 0):
+        raise ConfigError(f"model {item.spec.label!r}: train_with_cache needs a model with XL memory (mem_len > 0)")
+    if config.pos == "learned":
+        raise ConfigError(f"model {item.spec.label!r}: train_with_cache needs relative positions (pos='rope'); "
+                          "learned ones cannot go past block_size")
 
 
 def _n_steps(cfg: BenchConfig, resolved: list[Resolved]) -> int:
-    per_model = len(cfg.seq_lens) * (("train" in cfg.parts) + ("prefill" in cfg.parts))
-    if "decode" in cfg.parts:
-        per_model += len(cfg.contexts) * (1 + cfg.no_cache)
-    return per_model * sum(r.config is not None for r in resolved)
+    """Progress-bar steps: one per row of every model that will run."""
+    return sum(len(cfg.plan(r.spec).jobs()) for r in resolved if r.config is not None)
 
 
 def _progress(cfg: BenchConfig, console: Console):
@@ -180,18 +246,20 @@ def _progress(cfg: BenchConfig, console: Console):
 
 
 def make_train_step(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, device: torch.device
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, dtype: str, device: torch.device, cache: Any = None
 ) -> tuple[Callable[..., None], torch.optim.Optimizer]:
     """A closure doing forward + backward + AdamW step + zero_grad, already run once.
 
-    The first call creates the optimizer state, so what is measured afterwards is the steady state.
+    The first call creates the optimizer state (and fills ``cache``, a memory carried from step to step when
+    given), so what is measured afterwards is the steady state.
     """
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    memory = {"use_cache": False} if cache is None else {"past_key_values": cache, "use_cache": True}
 
     def step(_=None) -> None:
         with autocast_context(device, dtype):
-            loss = model(input_ids=x, shift_labels=y, use_cache=False).loss
+            loss = model(input_ids=x, shift_labels=y, **memory).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -205,58 +273,65 @@ class ModelBench:
 
     def __init__(self, item: Resolved, cfg: BenchConfig, device: torch.device, peak_flops_per_s: float):
         self.cfg, self.device, self.peak = cfg, device, peak_flops_per_s
+        self.plan = cfg.plan(item.spec)
         torch.manual_seed(cfg.seed)
         config = item.config
-        self.model = get_family(item.spec.family).model_class(config).to(device)
+        self.model = build_model(item.spec, config).to(device)
+        self.unsupported: dict[str, str] = getattr(self.model, "unsupported", {})
+        reference = REFERENCES.get(item.spec.reference) if item.spec.reference else None
         self.identity = {
             "model": item.spec.label, "family": item.spec.family, "preset": item.spec.preset, "match": cfg.match,
+            "implementation": f"{reference.name} {reference.version()}" if reference else "attnlab",
             "params": item.params, "d_model": config.d_model, "n_layers": config.n_layers,
-            "n_heads": config.n_heads, "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+            "n_heads": config.n_heads, "dtype": cfg.dtype, "batch_size": self.plan.batch_size,
         }
         self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def tokens(self, length: int) -> torch.Tensor:
-        ids = torch.randint(0, self.model.config.vocab_size, (self.cfg.batch_size, length), generator=self.generator)
-        return ids.to(self.device)
+        shape = (self.plan.batch_size, length)
+        return torch.randint(0, self.model.config.vocab_size, shape, generator=self.generator).to(self.device)
 
     def autocast(self):
         return autocast_context(self.device, self.cfg.dtype)
 
     def run(self, describe: Callable[[str], None], advance: Callable[[], None]):
-        cfg, label = self.cfg, self.identity["model"]
-        jobs: list[tuple[str, int, Callable[[int], dict[str, Any]]]] = []
-        if "train" in cfg.parts:
-            jobs += [("train", t, self.train_step) for t in cfg.seq_lens]
-        if "prefill" in cfg.parts:
-            jobs += [("prefill", t, self.prefill) for t in cfg.seq_lens]
-        if "decode" in cfg.parts:
-            jobs += [("decode_cache", c, self.decode_cached) for c in cfg.contexts]
-            if cfg.no_cache:
-                jobs += [("decode_nocache", c, self.decode_uncached) for c in cfg.contexts]
-        for kind, length, job in jobs:
+        label = self.identity["model"]
+        measure = {"train": self.train_step, "prefill": self.prefill, "decode_cache": self.decode_cached,
+                   "decode_nocache": self.decode_uncached}
+        for kind, length in self.plan.jobs():
             describe(f"{label} {kind} {length}")
             base = {**self.identity, "kind": kind, "seq_len": length}
+            if kind in self.unsupported:
+                yield {**base, "status": self.unsupported[kind]}
+                advance()
+                continue
             try:
-                yield {**base, **job(length), "status": "ok"}
+                yield {**base, **measure[kind](length), "status": "ok"}
             except (RuntimeError, ValueError, torch.OutOfMemoryError) as exc:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
                 yield {**base, "status": f"error: {_first_line(exc)}"}
             advance()
 
-    def _row(self, timing: Timing, tokens: int, flops: int | None, peak_mem: int | None) -> dict[str, Any]:
+    def _row(self, timing: Timing, tokens: int, flops: int | None, peak_mem: int | None,
+             cache_bytes: int | None = None) -> dict[str, Any]:
         achieved = flops / timing.median if flops else None
         return {**timing.to_dict(), "tokens_per_s": tokens / timing.median, "flops": flops,
                 "achieved_flops_per_s": achieved, "mfu": achieved / self.peak if achieved else None,
-                "peak_mem_bytes": peak_mem}
+                "peak_mem_bytes": peak_mem, "cache_bytes": cache_bytes}
 
     # ------------------------------------------------------------------------------ measurements
     def train_step(self, length: int) -> dict[str, Any]:
-        """Forward + backward + AdamW step on (batch, length) tokens; tokens/s counts every input token."""
+        """Forward + backward + AdamW step on (batch, length) tokens; tokens/s counts every input token.
+
+        With ``train_with_cache`` the model's cache is carried from step to step (already full when timed).
+        """
         x, y = self.tokens(length), self.tokens(length)
-        step, optimizer = make_train_step(self.model, x, y, self.cfg.dtype, self.device)
+        cache = self.model.make_cache() if self.plan.train_with_cache else None
+        step, optimizer = make_train_step(self.model, x, y, self.cfg.dtype, self.device, cache)
         flops = count_flops(step)
-        peak_mem = peak_memory_bytes(step, self.device, [*state_tensors(self.model, optimizer), x, y])
+        resident = [*state_tensors(self.model, optimizer), x, y, *cache_tensors(cache)]
+        peak_mem = peak_memory_bytes(step, self.device, resident)
         timing = time_fn(step, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
         return self._row(timing, x.numel(), flops, peak_mem)
 
@@ -277,7 +352,8 @@ class ModelBench:
 
     @torch.no_grad()
     def decode_cached(self, context: int) -> dict[str, Any]:
-        """Per-token latency of greedy decoding with the model's cache after ``context`` tokens of prompt."""
+        """Per-token latency of greedy decoding with the model's cache after ``context`` tokens of prompt,
+        and the bytes the cache holds after the last decoded token (a KV cache grows, a memory does not)."""
         model, n = self.model.eval(), self.cfg.decode_tokens
         x = self.tokens(context)
 
@@ -297,8 +373,11 @@ class ModelBench:
 
         state = setup()
         flops = count_flops(lambda: one_token(state))
+        for _ in range(n - 1):  # the cache as it is after the context and n tokens (block_size allows no more)
+            one_token(state)
+        cache_bytes = tensor_bytes(cache_tensors(state[0]))
         timing = time_fn(decode, setup=setup, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
-        return self._row(timing.scaled(1 / n), self.cfg.batch_size, flops, None)
+        return self._row(timing.scaled(1 / n), self.plan.batch_size, flops, None, cache_bytes)
 
     @torch.no_grad()
     def decode_uncached(self, context: int) -> dict[str, Any]:
@@ -312,7 +391,7 @@ class ModelBench:
 
         flops = count_flops(run)
         timing = time_fn(run, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
-        return self._row(timing, self.cfg.batch_size, flops, None)
+        return self._row(timing, self.plan.batch_size, flops, None)
 
 
 def _log_line(row: dict[str, Any]) -> str:
