@@ -9,6 +9,7 @@ A family is a ``AttnLabForCausalLM`` subclass that names its config class and ov
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -196,6 +197,8 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
     backbone_class: type[nn.Module] = Backbone  # a family may swap in its own (e.g. LSW's d_emb projections)
+    backbone_inputs: tuple[str, ...] = ()  # forward() keywords handed on to the backbone (LSW: document_ids)
+    output_class: type[CausalLMOutputWithPast] = CausalLMOutputWithPast
 
     def __init__(self, config: AttnLabConfig):
         super().__init__(config)
@@ -216,6 +219,16 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
             from ..modelcard import render_model_card
 
             readme.write_text(render_model_card(self))
+
+    def auxiliary_losses(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> dict[str, tuple[float, torch.Tensor]]:
+        """Losses trained beside next-token prediction, as ``name: (weight, value)``; none by default.
+
+        Called after the backbone (on all final hidden states) whenever labels are given; ``loss`` is the LM
+        loss plus the weighted values, and ``output_class`` fields named like them (and ``lm_loss``) get them.
+        """
+        return {}
 
     def make_cache(self) -> Cache:
         """A fresh generation cache; key/value mixers use transformers' ``DynamicCache``."""
@@ -269,19 +282,27 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
             cache=past_key_values if use_cache else None,
             output_attentions=bool(output_attentions),
             output_hidden_states=bool(output_hidden_states),
+            **{name: kwargs[name] for name in self.backbone_inputs if name in kwargs},
         )
+        has_labels = labels is not None or shift_labels is not None
+        auxiliary = self.auxiliary_losses(hidden, attention_mask) if has_labels else {}
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)
-        loss = None
-        if labels is not None or shift_labels is not None:
-            loss = causal_lm_loss(logits, labels, shift_labels, kwargs.get("num_items_in_batch"))
-        return CausalLMOutputWithPast(
+        loss = lm_loss = None
+        if has_labels:
+            loss = lm_loss = causal_lm_loss(logits, labels, shift_labels, kwargs.get("num_items_in_batch"))
+            for weight, value in auxiliary.values():
+                loss = loss + weight * value
+        reported = {"lm_loss": lm_loss, **{name: value for name, (_, value) in auxiliary.items()}}
+        fields = {f.name for f in dataclasses.fields(self.output_class)}
+        return self.output_class(
             loss=loss,
             logits=logits,
             past_key_values=past_key_values if use_cache else None,
             hidden_states=all_hidden,
             attentions=attentions,
+            **{name: value for name, value in reported.items() if name in fields},
         )

@@ -17,7 +17,7 @@ from ...layers.lsw_attention import LSWAttention, LSWContext, XLMemory, lsw_atte
 from ...layers.norms import build_norm
 from ...layers.rotary import RotaryEmbedding
 from ...losses import simctg_loss
-from ..skeleton import AttnLabForCausalLM, Block, _key_padding_mask, _position_ids, causal_lm_loss
+from ..skeleton import AttnLabForCausalLM, Block, _key_padding_mask, _position_ids
 from .configuration_lsw import LSWConfig
 from .contrastive import contrastive_search
 
@@ -121,10 +121,17 @@ class LSWBackbone(nn.Module):
 
 class LSWForCausalLM(AttnLabForCausalLM):
     """LSW Transformer (XL memory, reversed RoPE, registers, SimCTG); ``generate(penalty_alpha=, top_k=)``
-    runs contrastive search."""
+    runs contrastive search.
+
+    ``forward`` is the skeleton's, plus ``document_ids`` (batch, seq): keys of another document are masked,
+    in the segment and in memory. Pass ``past_key_values=model.make_cache()``, ``use_cache=True`` and feed
+    consecutive segments to train with XL memory; SimCTG is added to ``loss`` in training mode.
+    """
 
     config_class = LSWConfig
     backbone_class = LSWBackbone
+    backbone_inputs = ("document_ids",)
+    output_class = LSWCausalLMOutput
 
     def build_mixer(self, config: LSWConfig, layer_idx: int) -> nn.Module:
         return LSWAttention(
@@ -157,61 +164,11 @@ class LSWForCausalLM(AttnLabForCausalLM):
         input_ids = kwargs.pop("input_ids", inputs)
         return contrastive_search(self, input_ids, penalty_alpha=penalty_alpha, **kwargs)
 
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        past_key_values: XLMemory | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        shift_labels: torch.LongTensor | None = None,
-        document_ids: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        **kwargs,
-    ) -> LSWCausalLMOutput:
-        """As the skeleton's forward, plus ``document_ids`` (batch, seq): keys of another document are masked,
-        in the segment and in memory. Pass ``past_key_values=model.make_cache()``, ``use_cache=True`` and
-        feed consecutive segments to train with XL memory; SimCTG is added to ``loss`` in training mode."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        if use_cache is None:
-            use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = self.make_cache()
-        hidden, all_hidden, attentions = self.model(
-            input_ids,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            document_ids=document_ids,
-            cache=past_key_values if use_cache else None,
-            output_attentions=bool(output_attentions),
-            output_hidden_states=bool(output_hidden_states),
-        )
-        loss = lm_loss = contrastive = None
-        if labels is not None or shift_labels is not None:
-            if self.training and self.config.simctg_weight > 0:
-                valid = attention_mask[:, -hidden.shape[1]:].bool() if attention_mask is not None else None
-                contrastive = simctg_loss(hidden, self.config.simctg_margin, valid)
-        if isinstance(logits_to_keep, int) and logits_to_keep > 0:
-            hidden = hidden[:, -logits_to_keep:]
-        elif isinstance(logits_to_keep, torch.Tensor):
-            hidden = hidden[:, logits_to_keep]
-        logits = self.lm_head(hidden)
-        if labels is not None or shift_labels is not None:
-            loss = lm_loss = causal_lm_loss(logits, labels, shift_labels, kwargs.get("num_items_in_batch"))
-            if contrastive is not None:
-                loss = lm_loss + self.config.simctg_weight * contrastive
-        return LSWCausalLMOutput(
-            loss=loss,
-            logits=logits,
-            past_key_values=past_key_values if use_cache else None,
-            hidden_states=all_hidden,
-            attentions=attentions,
-            lm_loss=lm_loss,
-            contrastive_loss=contrastive,
-        )
+    def auxiliary_losses(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> dict[str, tuple[float, torch.Tensor]]:
+        """SimCTG in training mode (``contrastive_loss``, weighted by ``simctg_weight``), padding-aware."""
+        if not (self.training and self.config.simctg_weight > 0):
+            return {}
+        valid = attention_mask[:, -hidden.shape[1]:].bool() if attention_mask is not None else None
+        return {"contrastive_loss": (self.config.simctg_weight, simctg_loss(hidden, self.config.simctg_margin, valid))}

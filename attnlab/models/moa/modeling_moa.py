@@ -7,8 +7,6 @@ channel-mix MLP), then a routed HyperFFN; both residual branches with LayerScale
 
 from __future__ import annotations
 
-import functools
-
 import torch
 from torch import nn
 from transformers import initialization as init
@@ -149,15 +147,12 @@ class MoAMetricForCausalLM(AttnLabForCausalLM):
             if module.bias is not None:
                 init.zeros_(module.bias)
 
-    @functools.wraps(AttnLabForCausalLM.forward)
-    def forward(self, *args, **kwargs):
-        # The skeleton's forward (same signature, for generate() and Trainer), plus the triangle-inequality
-        # penalty in the training loss when ti_reg_weight > 0.
-        out = super().forward(*args, **kwargs)
-        penalty = self.ti_penalty()
-        if out.loss is not None and self.training and penalty is not None:
-            out.loss = out.loss + self.config.ti_reg_weight * penalty
-        return out
+    def auxiliary_losses(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> dict[str, tuple[float, torch.Tensor]]:
+        """The triangle-inequality penalty of this training forward, when ``ti_reg_weight`` > 0."""
+        penalty = self.ti_penalty() if self.training else None
+        return {} if penalty is None else {"ti_loss": (self.config.ti_reg_weight, penalty)}
 
     def ti_penalty(self) -> torch.Tensor | None:
         """Mean triangle-inequality hinge over the metric heads of the last training forward (None if off)."""
