@@ -106,8 +106,9 @@ class RelationalAttention(nn.Module):
 
     def uses_fused_form(self, q_len: int, kv_len: int, need_weights: bool, device_type: str = "cpu") -> bool:
         """``auto``: direct for short contexts (fewer FLOPs, N² still small), fused from ``FUSED_FROM_KEYS``
-        keys on (O(N) memory). On an idle 2-core CPU, benchmarks/dat.py (d_model 256, 4 layers) found direct
-        faster at 256 and 512 tokens and fused faster at 1024; on GPU the fused call runs the flash kernel."""
+        keys on (O(N) memory). On an idle 2-core CPU, ``attnlab bench --suite dat`` (d_model 256, 4 layers)
+        finds direct faster at 256 and 512 tokens and fused faster from 1024; on GPU the fused call runs a
+        memory-efficient kernel."""
         if self.activation != "identity" or self.relative_symbols or need_weights or self.form == "direct":
             return False
         return self.form == "fused" or kv_len >= FUSED_FROM_KEYS.get(device_type, FUSED_FROM_KEYS["cuda"])

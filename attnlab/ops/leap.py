@@ -122,8 +122,8 @@ def window_scan(s: State, window: int | None, chunk: int = CHUNK) -> State:
     if groups:
         row_max = torch.maximum(row_max, torch.cat([g.max_seen(x.m.detach()) for g in groups], dim=-1))
     out = _weights(x.m, row_max, own) @ zn
-    if groups:
-        out = out + torch.cat([g.contribution(x.m, zn, row_max) for g in groups], dim=-2)
+    for group in groups:
+        group.add_to(out, x.m, zn, row_max)
     return _take(_merge(State(row_max, out[..., -1], out[..., :-1])), 0, length)
 
 
@@ -143,18 +143,18 @@ class _RowGroup(NamedTuple):
             seen = torch.maximum(seen, self.whole.m.detach()[..., None])
         return seen
 
-    def contribution(self, m: torch.Tensor, zn: torch.Tensor, row_max: torch.Tensor) -> torch.Tensor:
-        """Σ over the tokens outside the own chunk of e^{s - row_max}·[v, 1], (..., n_chunks, rows, D+1)."""
+    def add_to(self, out: torch.Tensor, m: torch.Tensor, zn: torch.Tensor, row_max: torch.Tensor) -> None:
+        """out[..., rows, :] += Σ over the tokens outside the own chunk of e^{s - row_max}·[v, 1], in place
+        (no padded or zero-filled copies: this runs on every token)."""
+        rows = out[..., self.rows, :]
         row_max = row_max[..., self.rows]
-        part = torch.zeros_like(zn[..., self.rows, :])
         if self.back:
             kept = m.shape[-2] - self.back
             weights = _weights(m[..., :kept, :], row_max[..., self.back :, :], self.start_mask)
-            part = part + F.pad(weights @ zn[..., :kept, :, :], (0, 0, 0, 0, self.back, 0))
+            rows[..., self.back :, :, :] += weights @ zn[..., :kept, :, :]
         if self.whole is not None:
             whole_zn = torch.cat([self.whole.n, self.whole.z[..., None]], dim=-1)
-            part = part + torch.exp(self.whole.m[..., None] - row_max)[..., None] * whole_zn[..., None, :]
-        return part
+            rows.addcmul_(torch.exp(self.whole.m[..., None] - row_max)[..., None], whole_zn[..., None, :])
 
 
 def _row_groups(
