@@ -42,6 +42,8 @@ def test_row_references_take_labels_with_spaces_and_the_tables_kind_names():
         (target(over="a fly 32"), "target 't': unknown kind 'fly' in 'a fly 32'"),
         (target(metric="energy"), "target 't': metric must be one of ('time', 'memory', 'cache')"),
         (target(maximum=3), "target 't': unknown key(s) maximum"),
+        (target(paired="yes"), "target 't': paired must be true or false"),
+        (target(paired=True, metric="memory"), "target 't': paired needs metric 'time'"),
         ("a train 64 / a train 32", "target 1: must be a mapping"),
     ],
 )
@@ -121,3 +123,30 @@ def test_suite_targets_are_reported_in_the_table_json_and_markdown(tmp_path, cap
     assert "no model labelled 'g'" in capsys.readouterr().err
     assert main(["bench", "--suite", str(path), "--models", "gpt:debug", "--no-targets"]) == 0
     assert json.loads((tmp_path / "out" / "results.json").read_text())["targets"] == []
+
+
+def test_paired_targets_retime_both_rows_in_alternation(monkeypatch):
+    """A paired target's ratio comes from A, B, A, B, ... re-timings, not from the main run's rows."""
+    from attnlab.bench import runner
+
+    calls = []
+    real = runner.ModelBench.measure
+
+    def recording(self, kind, length, timing_only=False):
+        calls.append((self.identity["model"], kind, length, timing_only))
+        return real(self, kind, length, timing_only)
+
+    monkeypatch.setattr(runner.ModelBench, "measure", recording)
+    models = [{"label": "a", "model": "gpt", "preset": "debug"}, {"label": "b", "model": "leap", "preset": "debug"}]
+    cfg = BenchConfig(models=models, d_model=32, n_layers=1, seq_lens=[16], parts=["train"], batch_size=1,
+                      warmup=0, repeats=1, gemm_size=32, progress=False, paired_rounds=2, targets=[
+                          {"name": "p", "value": "a train 16", "over": "b train 16", "max": 1e9, "paired": True},
+                          {"name": "u", "value": "a train 16", "over": "b train 16", "max": 1e9}])
+    result = run_bench(cfg)
+    assert calls[:2] == [("a", "train", 16, False), ("b", "train", 16, False)]  # the main run
+    assert calls[2:] == [("a", "train", 16, True), ("b", "train", 16, True)] * 2  # then alternating rounds
+    paired, unpaired = result.targets
+    rows = {r["model"]: r["time_median_s"] for r in result.rows}
+    assert paired["paired"] and not unpaired["paired"]
+    assert unpaired["ratio"] == rows["a"] / rows["b"]
+    assert paired["ratio"] == paired["value"] / paired["over"] and paired["value"] != rows["a"]

@@ -43,6 +43,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=S, help="CPU threads to pin (default: torch's)")
     p.add_argument("--warmup", type=int, default=S, help="untimed calls before timing (default 1)")
     p.add_argument("--repeats", type=int, default=S, help="timed repetitions (default 5)")
+    p.add_argument("--paired-rounds", type=int, default=S,
+                   help="alternating re-timings of the two rows of each paired target (default 3; 0: off)")
     p.add_argument("--gemm-size", type=int, default=S, help="matrix size of the peak-FLOP/s GEMM")
     p.add_argument("--seed", type=int, default=S)
     p.add_argument("--out-dir", default=S, help="where results and plots go (default runs/bench-NAME)")

@@ -119,6 +119,7 @@ def _target_cells(target: dict[str, Any]) -> list[str]:
     ratio = f"{target['ratio']:.3g}" if target["ratio"] is not None else ""
     what = target["status"] + (f" ({target['reason']})" if target["reason"] else "")
     metric = "" if target["metric"] == "time" else f" [{target['metric']}]"
+    metric += " (paired)" if target.get("paired") else ""
     return [target["name"] + metric, target["value_row"], target["over_row"], ratio, target["wanted"], what]
 
 
@@ -138,7 +139,8 @@ def targets_markdown(targets: list[dict[str, Any]]) -> str:
     """The "Targets" section of results.md."""
     lines = ["## Targets", "", f"| {' | '.join(TARGET_HEADERS)} |", "|---|---|---|---:|---|---|"]
     lines += [f"| {' | '.join(_target_cells(t))} |" for t in targets]
-    return "\n".join(lines + ["", "ratio = value / over of the median time (or the metric in brackets)."])
+    return "\n".join(lines + ["", "ratio = value / over of the median time (or the metric in brackets); (paired): "
+                               "both rows timed again in alternation, median of the rounds' medians."])
 
 
 def _peak_line(result: BenchResult) -> str:

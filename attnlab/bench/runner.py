@@ -9,6 +9,7 @@ What is measured for a model is its ``Plan``: the run's options, replaced by the
 from __future__ import annotations
 
 import contextlib
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from .memory import cache_tensors, peak_memory_bytes, state_tensors, tensor_byte
 from .references import REFERENCES
 from .specs import (MATCH_MODES, MEASURE_OPTIONS, PARTS, ModelSpec, Resolved, build_model, check_measure_options,
                     parse_model_specs, resolve)
-from .targets import Target, check_target_labels, evaluate_targets, parse_targets
+from .targets import RowRef, Target, check_target_labels, evaluate_targets, parse_targets
 from .timing import Timing, time_fn
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -66,6 +67,7 @@ class BenchConfig(Options):
     out_dir: str | None = None
     description: str = ""
     targets: list[dict[str, Any]] = field(default_factory=list)
+    paired_rounds: int = 3  # alternating re-timings of the two rows of each paired target
 
     def __post_init__(self) -> None:
         self.check()
@@ -81,6 +83,8 @@ class BenchConfig(Options):
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+        if not isinstance(self.paired_rounds, int) or self.paired_rounds < 0:
+            raise ConfigError(f"paired_rounds must be an integer >= 0, got {self.paired_rounds!r}")
         for name in ("d_model", "n_layers", "n_heads", "threads", "gemm_size"):
             value = getattr(self, name)
             if value is not None and value <= 0:
@@ -221,8 +225,38 @@ def run_bench(cfg: BenchConfig, console: Console | None = None) -> BenchResult:
                 del bench
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
+            paired = measure_paired(cfg, resolved, targets, rows, device, peak[cfg.dtype]["flops_per_s"], bar, task)
     skipped_rows = [{"model": r.spec.label, "reason": r.skipped} for r in resolved if r.skipped]
-    return BenchResult(cfg, env, peak, rows, skipped_rows, evaluate_targets(targets, rows))
+    return BenchResult(cfg, env, peak, rows, skipped_rows, evaluate_targets(targets, rows, paired))
+
+
+def measure_paired(
+    cfg: BenchConfig, resolved: list[Resolved], targets: list[Target], rows: list[dict[str, Any]],
+    device: torch.device, peak_flops_per_s: float, bar: Progress, task,
+) -> dict[RowRef, dict[str, Any]]:
+    """Time the two rows of every paired target again, alternating A, B, A, B, ... for ``paired_rounds``.
+
+    On a shared machine the speed drifts over seconds to minutes; rows measured minutes apart can differ by
+    more than a 10 % target even for the same computation. Alternating puts both under the same conditions.
+    Each round is a full timing (warm-up + repeats) of each row; the result per row is the median of its
+    rounds' medians. Rows that failed in the main run are left out (their target stays "not measured").
+    """
+    ok = {(r["model"], r["kind"], r["seq_len"]) for r in rows if r["status"] == "ok"}
+    refs = list(dict.fromkeys(ref for t in targets if t.paired for ref in (t.value, t.over)
+                              if (ref.label, ref.kind, ref.seq_len) in ok))
+    if not refs or cfg.paired_rounds < 1:
+        return {}
+    items = {r.spec.label: r for r in resolved if r.config is not None}
+    benches = {label: ModelBench(items[label], cfg, device, peak_flops_per_s) for label in {r.label for r in refs}}
+    medians: dict[RowRef, list[float]] = {ref: [] for ref in refs}
+    bar.update(task, total=bar.tasks[0].total + cfg.paired_rounds * len(refs))
+    for round_ in range(cfg.paired_rounds):
+        for ref in refs:
+            bar.update(task, what=f"paired {round_ + 1}/{cfg.paired_rounds}: {ref}")
+            medians[ref].append(benches[ref.label].measure(ref.kind, ref.seq_len, timing_only=True)["time_median_s"])
+            bar.advance(task)
+    return {ref: {"model": ref.label, "kind": ref.kind, "seq_len": ref.seq_len, "status": "ok",
+                  "time_median_s": statistics.median(times), "rounds": times} for ref, times in medians.items()}
 
 
 def check_train_with_cache(item: Resolved) -> None:
@@ -294,10 +328,14 @@ class ModelBench:
     def autocast(self):
         return autocast_context(self.device, self.cfg.dtype)
 
-    def run(self, describe: Callable[[str], None], advance: Callable[[], None]):
-        label = self.identity["model"]
+    def measure(self, kind: str, length: int, timing_only: bool = False) -> dict[str, Any]:
+        """One measurement of this model; ``timing_only`` skips the FLOP count and the memory profile."""
         measure = {"train": self.train_step, "prefill": self.prefill, "decode_cache": self.decode_cached,
                    "decode_nocache": self.decode_uncached}
+        return measure[kind](length, timing_only)
+
+    def run(self, describe: Callable[[str], None], advance: Callable[[], None]):
+        label = self.identity["model"]
         for kind, length in self.plan.jobs():
             describe(f"{label} {kind} {length}")
             base = {**self.identity, "kind": kind, "seq_len": length}
@@ -306,7 +344,7 @@ class ModelBench:
                 advance()
                 continue
             try:
-                yield {**base, **measure[kind](length), "status": "ok"}
+                yield {**base, **self.measure(kind, length), "status": "ok"}
             except (RuntimeError, ValueError, torch.OutOfMemoryError) as exc:
                 if self.device.type == "cuda":
                     torch.cuda.empty_cache()
@@ -321,7 +359,7 @@ class ModelBench:
                 "peak_mem_bytes": peak_mem, "cache_bytes": cache_bytes}
 
     # ------------------------------------------------------------------------------ measurements
-    def train_step(self, length: int) -> dict[str, Any]:
+    def train_step(self, length: int, timing_only: bool = False) -> dict[str, Any]:
         """Forward + backward + AdamW step on (batch, length) tokens; tokens/s counts every input token.
 
         With ``train_with_cache`` the model's cache is carried from step to step (already full when timed).
@@ -329,14 +367,16 @@ class ModelBench:
         x, y = self.tokens(length), self.tokens(length)
         cache = self.model.make_cache() if self.plan.train_with_cache else None
         step, optimizer = make_train_step(self.model, x, y, self.cfg.dtype, self.device, cache)
-        flops = count_flops(step)
-        resident = [*state_tensors(self.model, optimizer), x, y, *cache_tensors(cache)]
-        peak_mem = peak_memory_bytes(step, self.device, resident)
+        flops = peak_mem = None
+        if not timing_only:
+            flops = count_flops(step)
+            resident = [*state_tensors(self.model, optimizer), x, y, *cache_tensors(cache)]
+            peak_mem = peak_memory_bytes(step, self.device, resident)
         timing = time_fn(step, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
         return self._row(timing, x.numel(), flops, peak_mem)
 
     @torch.no_grad()
-    def prefill(self, length: int) -> dict[str, Any]:
+    def prefill(self, length: int, timing_only: bool = False) -> dict[str, Any]:
         """One forward pass that fills the cache, keeping only the last position's logits (as generate does)."""
         model = self.model.eval()
         x = self.tokens(length)
@@ -345,13 +385,13 @@ class ModelBench:
             with self.autocast():
                 model(input_ids=x, use_cache=True, logits_to_keep=1)
 
-        flops = count_flops(run)
-        peak_mem = peak_memory_bytes(run, self.device, [*state_tensors(model), x])
+        flops = None if timing_only else count_flops(run)
+        peak_mem = None if timing_only else peak_memory_bytes(run, self.device, [*state_tensors(model), x])
         timing = time_fn(run, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
         return self._row(timing, x.numel(), flops, peak_mem)
 
     @torch.no_grad()
-    def decode_cached(self, context: int) -> dict[str, Any]:
+    def decode_cached(self, context: int, timing_only: bool = False) -> dict[str, Any]:
         """Per-token latency of greedy decoding with the model's cache after ``context`` tokens of prompt,
         and the bytes the cache holds after the last decoded token (a KV cache grows, a memory does not)."""
         model, n = self.model.eval(), self.cfg.decode_tokens
@@ -372,7 +412,7 @@ class ModelBench:
                 one_token(state)
 
         state = setup()
-        flops = count_flops(lambda: one_token(state))
+        flops = None if timing_only else count_flops(lambda: one_token(state))
         for _ in range(n - 1):  # the cache as it is after the context and n tokens (block_size allows no more)
             one_token(state)
         cache_bytes = tensor_bytes(cache_tensors(state[0]))
@@ -380,7 +420,7 @@ class ModelBench:
         return self._row(timing.scaled(1 / n), self.plan.batch_size, flops, None, cache_bytes)
 
     @torch.no_grad()
-    def decode_uncached(self, context: int) -> dict[str, Any]:
+    def decode_uncached(self, context: int, timing_only: bool = False) -> dict[str, Any]:
         """Per-token latency without a cache: every new token recomputes the whole ``context``."""
         model = self.model.eval()
         x = self.tokens(context)
@@ -389,7 +429,7 @@ class ModelBench:
             with self.autocast():
                 model(input_ids=x, use_cache=False, logits_to_keep=1)
 
-        flops = count_flops(run)
+        flops = None if timing_only else count_flops(run)
         timing = time_fn(run, device=self.device, warmup=self.cfg.warmup, repeats=self.cfg.repeats)
         return self._row(timing, self.plan.batch_size, flops, None)
 

@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from .specs import KIND_NAMES
 
 METRICS = {"time": "time_median_s", "memory": "peak_mem_bytes", "cache": "cache_bytes"}
-TARGET_KEYS = ("name", "value", "over", "min", "max", "metric")
+TARGET_KEYS = ("name", "value", "over", "min", "max", "metric", "paired")
 KINDS = {**{kind: kind for kind in KIND_NAMES}, **{name: kind for kind, name in KIND_NAMES.items()}}
 
 
@@ -48,6 +48,7 @@ class Target:
     metric: str = "time"
     min: float | None = None
     max: float | None = None
+    paired: bool = False  # time the two rows again, alternating, so slow drift of a shared host hits both
 
     @property
     def wanted(self) -> str:
@@ -89,8 +90,13 @@ def parse_target(item: Any, index: int = 0) -> Target:
     metric = item.get("metric", "time")
     if metric not in METRICS:
         raise ConfigError(f"{where}: metric must be one of {tuple(METRICS)}, got {metric!r}")
+    paired = item.get("paired", False)
+    if not isinstance(paired, bool):
+        raise ConfigError(f"{where}: paired must be true or false, got {paired!r}")
+    if paired and metric != "time":
+        raise ConfigError(f"{where}: paired needs metric 'time' (it re-times rows)")
     return Target(str(item["name"]), parse_row_ref(item["value"], where), parse_row_ref(item["over"], where),
-                  metric, **bounds)
+                  metric, **bounds, paired=paired)
 
 
 def parse_row_ref(text: Any, where: str = "target") -> RowRef:
@@ -114,17 +120,24 @@ def check_target_labels(targets: list[Target], labels: list[str]) -> None:
                                   f"(labels: {', '.join(labels)}); fix the target or pass --no-targets")
 
 
-def evaluate_targets(targets: list[Target], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each target's ratio and status ("met", "missed", "not measured") from the run's rows."""
+def evaluate_targets(
+    targets: list[Target], rows: list[dict[str, Any]], paired: dict[RowRef, dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Each target's ratio and status ("met", "missed", "not measured") from the run's rows.
+
+    ``paired`` holds the rows re-timed in alternation for paired targets (see ``runner.measure_paired``);
+    a paired target reads its two times from there.
+    """
     index = {(r["model"], r["kind"], r["seq_len"]): r for r in rows}
-    return [_evaluate(target, index) for target in targets]
+    paired_index = {(ref.label, ref.kind, ref.seq_len): row for ref, row in (paired or {}).items()}
+    return [_evaluate(target, paired_index if target.paired and paired_index else index) for target in targets]
 
 
 def _evaluate(target: Target, index: dict[tuple, dict[str, Any]]) -> dict[str, Any]:
     field = METRICS[target.metric]
     out: dict[str, Any] = {"name": target.name, "value_row": str(target.value), "over_row": str(target.over),
                            "metric": target.metric, "min": target.min, "max": target.max, "wanted": target.wanted,
-                           "value": None, "over": None, "ratio": None}
+                           "paired": target.paired, "value": None, "over": None, "ratio": None}
     not_run, failed = [], []
     for key, ref in (("value", target.value), ("over", target.over)):
         row = index.get((ref.label, ref.kind, ref.seq_len))
