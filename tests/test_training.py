@@ -158,8 +158,10 @@ def test_bf16_autocast_trains(corpus, tmp_path):
     assert math.isfinite(result.train_loss) and math.isfinite(result.val["bpb"])
 
 
-def test_ddp_two_gloo_processes_match_one_process(corpus, tmp_path):
-    common = ["--model", "gpt", "--preset", "debug", "--data", str(corpus), "--block-size", "32",
+@pytest.mark.parametrize("model", [["--model", "gpt"], ["--model", "lsw", "--segment-stream"]], ids=["gpt", "lsw-xl"])
+def test_ddp_two_gloo_processes_match_one_process(corpus, tmp_path, model):
+    """Each rank takes its own rows of the global batch (for LSW: its own streams and their XL memory)."""
+    common = [*model, "--preset", "debug", "--data", str(corpus), "--block-size", "32",
               "--max-steps", "4", "--warmup-steps", "1", "--eval-interval", "4", "--eval-tokens", "512",
               "--sample-tokens", "0", "--no-progress", "--no-tensorboard", "--device", "cpu", "--seed", "5"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -176,7 +178,8 @@ def test_ddp_two_gloo_processes_match_one_process(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_torch_compile_trains_to_the_same_loss(corpus, tmp_path):
-    eager = train(config(corpus, tmp_path / "eager", max_steps=4))
-    compiled = train(config(corpus, tmp_path / "compiled", max_steps=4, compile=True))
+@pytest.mark.parametrize("model", [{}, {"model": "lsw", "segment_stream": True}], ids=["gpt", "lsw-xl"])
+def test_torch_compile_trains_to_the_same_loss(corpus, tmp_path, model):
+    eager = train(config(corpus, tmp_path / "eager", max_steps=4, **model))
+    compiled = train(config(corpus, tmp_path / "compiled", max_steps=4, compile=True, **model))
     assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-4)
