@@ -31,6 +31,7 @@ from typing import Any, Iterator
 import torch
 
 from .errors import ConfigError
+from .layers.attention import split_heads
 
 DIGITS = 5  # rounding of exported floats: plenty for a heatmap, keeps the JSON small
 
@@ -267,11 +268,7 @@ def _moa_hooks(model, records: dict[str, Any]) -> list[tuple[torch.nn.Module, An
         def hook(module, args, kwargs, output):
             if not module.use_balls:
                 return
-            x = args[0]
-            batch, seq, _ = x.shape
-            q_dim, kv_dim = module.n_heads * module.head_dim, module.n_kv_heads * module.head_dim
-            _, k, _ = module.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-            k = k.view(batch, seq, module.n_kv_heads, module.head_dim).transpose(1, 2)
+            _, k, _ = split_heads(module.qkv(args[0]), module.n_heads, module.n_kv_heads, module.head_dim)
             if module.rotary is not None:
                 from .layers.rotary import apply_rotary
 

@@ -12,6 +12,23 @@ from .context import MixerContext
 from .rotary import apply_rotary
 
 
+def split_heads(
+    qkv: torch.Tensor, n_heads: int, n_kv_heads: int, head_dim: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A fused q/k/v projection (batch, seq, (n_heads + 2·n_kv_heads)·head_dim) → q (batch, n_heads, seq,
+    head_dim) and k, v (batch, n_kv_heads, seq, head_dim): the layout every softmax-style mixer uses."""
+    batch, seq, _ = qkv.shape
+    q, k, v = qkv.split([n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim], dim=-1)
+    q = q.view(batch, seq, n_heads, head_dim).transpose(1, 2)
+    k, v = (t.view(batch, seq, n_kv_heads, head_dim).transpose(1, 2) for t in (k, v))
+    return q, k, v
+
+
+def merge_heads(y: torch.Tensor) -> torch.Tensor:
+    """(batch, heads, seq, head_dim) → (batch, seq, heads·head_dim): the inverse layout of ``split_heads``."""
+    return y.transpose(1, 2).flatten(2)
+
+
 class CausalSelfAttention(nn.Module):
     """The baseline token mixer: ``scaled_dot_product_attention`` over n_heads queries and n_kv_heads keys.
 
@@ -40,12 +57,7 @@ class CausalSelfAttention(nn.Module):
         self.out.is_residual_projection = True
 
     def forward(self, x: torch.Tensor, ctx: MixerContext) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, seq, _ = x.shape
-        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = split_heads(self.qkv(x), self.n_heads, self.n_kv_heads, self.head_dim)
         if ctx.rope is not None:
             q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
         if ctx.cache is not None:
@@ -61,10 +73,10 @@ class CausalSelfAttention(nn.Module):
                 v,
                 attn_mask=ctx.attn_mask,
                 dropout_p=self.dropout if self.training else 0.0,
-                is_causal=ctx.attn_mask is None and ctx.past_length == 0 and seq > 1,
+                is_causal=ctx.attn_mask is None and ctx.past_length == 0 and q.shape[-2] > 1,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
-        y = y.transpose(1, 2).reshape(batch, seq, q_dim)
+        y = merge_heads(y)
         return self.out(y), weights
 
     def _explicit_attention(

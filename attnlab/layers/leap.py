@@ -12,6 +12,7 @@ from torch import nn
 from transformers.cache_utils import Cache
 
 from ..ops.leap import State, additive_attention
+from .attention import merge_heads
 from .context import MixerContext
 from .rotary import apply_rotary
 
@@ -77,11 +78,6 @@ def causal_additive(
     return out
 
 
-def _merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """(B, H, T, D) → (B, T, H·D)."""
-    return x.transpose(1, 2).flatten(2)
-
-
 def _importance_logits(scores: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
     """Scores with padded tokens at -inf: softmax over a window of them gives the tokens' weights α."""
     if ctx.key_padding_mask is None:
@@ -136,7 +132,7 @@ class LeapAttention(nn.Module):
         k_bar, v_bar = causal_additive(scores, torch.cat([k, v], -1), ctx, self.window, self.layer_idx).chunk(2, -1)
         q = q.view(batch, kv_heads, heads // kv_heads, seq, dim)
         gate = torch.sigmoid((q * k_bar[:, :, None]).sum(-1, keepdim=True) * dim**-0.5)
-        y = _merge_heads((gate * v_bar[:, :, None]).reshape(batch, heads, seq, dim))
+        y = merge_heads((gate * v_bar[:, :, None]).reshape(batch, heads, seq, dim))
         return self.out(y), (_importance_logits(scores, ctx) if ctx.output_attentions else None)
 
 
@@ -172,5 +168,5 @@ class CausalFastformer(nn.Module):
         p = q_bar * k
         key_scores = (p * self.key_score[:, None]).sum(-1) * scale
         k_bar = causal_additive(key_scores, p, ctx, self.window, self.layer_idx, slot=1)
-        y = self.out(_merge_heads(k_bar * v)) + _merge_heads(q)
+        y = self.out(merge_heads(k_bar * v)) + merge_heads(q)
         return y, (_importance_logits(key_scores, ctx) if ctx.output_attentions else None)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 
+from .attention import merge_heads, split_heads
 from .context import MixerContext
 from .rotary import apply_rotary
 
@@ -204,12 +205,7 @@ class LSWAttention(nn.Module):
         return self.register_keys.shape[1]
 
     def forward(self, x: torch.Tensor, ctx: LSWContext) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, seq, _ = x.shape
-        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = split_heads(self.qkv(x), self.n_heads, self.n_kv_heads, self.head_dim)
         memory = ctx.cache.memory(self.layer_idx) if ctx.cache is not None else None
         if memory is not None:
             k, v = torch.cat([memory[0].to(k.dtype), k], dim=2), torch.cat([memory[1].to(v.dtype), v], dim=2)
@@ -218,9 +214,9 @@ class LSWAttention(nn.Module):
         if ctx.rope is not None:
             q, k = self._rotate_with_registers(q, k, ctx)
         elif self.n_registers:
-            k = torch.cat([self.register_keys.to(k.dtype)[None].expand(batch, -1, -1, -1), k], dim=2)
+            k = torch.cat([self.register_keys.to(k.dtype)[None].expand(x.shape[0], -1, -1, -1), k], dim=2)
         if self.n_registers:
-            v = torch.cat([self.register_values.to(v.dtype)[None].expand(batch, -1, -1, -1), v], dim=2)
+            v = torch.cat([self.register_values.to(v.dtype)[None].expand(x.shape[0], -1, -1, -1), v], dim=2)
 
         scale = 1.0 / math.sqrt(self.head_dim)
         weights = None
@@ -231,11 +227,11 @@ class LSWAttention(nn.Module):
                 q, k, v,
                 attn_mask=ctx.attn_mask,
                 dropout_p=self.dropout if self.training else 0.0,
-                is_causal=ctx.attn_mask is None and seq > 1,
+                is_causal=ctx.attn_mask is None and q.shape[-2] > 1,
                 scale=scale,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
-        y = y.transpose(1, 2).reshape(batch, seq, q_dim)
+        y = merge_heads(y)
         return self.out(y), weights
 
     def _rotate_with_registers(

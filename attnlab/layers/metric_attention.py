@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
+from .attention import merge_heads, split_heads
 from .context import MixerContext
 from .rotary import RotaryEmbedding, apply_rotary
 
@@ -159,12 +160,7 @@ class MetricAttention(nn.Module):
     # --- forward --------------------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor, ctx: MixerContext) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, seq, _ = x.shape
-        q_dim, kv_dim = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
-        q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(batch, seq, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = split_heads(self.qkv(x), self.n_heads, self.n_kv_heads, self.head_dim)
         if self.rotary is not None:
             cos, sin = self.rotary(ctx.position_ids)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
@@ -188,7 +184,7 @@ class MetricAttention(nn.Module):
                 scale=1.0,
                 enable_gqa=self.n_kv_heads != self.n_heads,
             )
-        y = y.transpose(1, 2).reshape(batch, seq, q_dim)
+        y = merge_heads(y)
         return self.proj_drop(self.out(y)), weights
 
     def logits_mask(

@@ -17,6 +17,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 
+from ...layers.attention import merge_heads, split_heads
 from ...layers.context import MixerContext
 from ...layers.relational import RelationalAttention, causal_softmax
 from ...layers.rotary import apply_rotary
@@ -101,12 +102,7 @@ class DualAttention(nn.Module):
         return self.out(y), torch.cat(weights, dim=1) if ctx.output_attentions else None
 
     def _self_attention(self, x: torch.Tensor, ctx: MixerContext) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, seq, _ = x.shape
-        q_dim, kv_dim = self.n_sa * self.head_dim, self.kv_sa * self.head_dim
-        q, k, v = self.qkv(x).split([q_dim, kv_dim, kv_dim], dim=-1)
-        q = q.view(batch, seq, self.n_sa, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.kv_sa, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.kv_sa, self.head_dim).transpose(1, 2)
+        q, k, v = split_heads(self.qkv(x), self.n_sa, self.kv_sa, self.head_dim)
         if ctx.rope is not None:
             q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
         if ctx.cache is not None:
@@ -124,10 +120,10 @@ class DualAttention(nn.Module):
                 v,
                 attn_mask=ctx.attn_mask,
                 dropout_p=self.dropout if self.training else 0.0,
-                is_causal=ctx.attn_mask is None and ctx.past_length == 0 and seq > 1,
+                is_causal=ctx.attn_mask is None and ctx.past_length == 0 and q.shape[-2] > 1,
                 enable_gqa=self.kv_sa != self.n_sa,
             )
-        return y.transpose(1, 2).reshape(batch, seq, q_dim), weights
+        return merge_heads(y), weights
 
 
 class DATForCausalLM(AttnLabForCausalLM):
