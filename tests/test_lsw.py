@@ -132,10 +132,10 @@ def test_no_gradient_flows_into_memory():
 def test_reversed_rope_scores_do_not_depend_on_the_memory_behind():
     """With memory prepended, the segment's query and key angles, hence its scores, are bit-identical."""
     model = attnlab.create_model("lsw", "debug", mem_len=32).eval()
-    bare = model.model._context(torch.arange(8)[None], None, None, None, False)
+    bare = model.model.context(torch.arange(8)[None], None, None, False)
     memory = model.make_cache()
     model(torch.randint(0, 256, (1, 20)), past_key_values=memory, use_cache=True)
-    after = model.model._context(torch.arange(20, 28)[None], None, None, memory, False)
+    after = model.model.context(torch.arange(20, 28)[None], None, memory, False)
     q, k = torch.randn(2, 1, 1, 8, model.config.head_dim).unbind(0)
 
     def scores(ctx, keys_from):

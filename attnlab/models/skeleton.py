@@ -77,13 +77,21 @@ class Backbone(nn.Module):
         cache: Cache | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        **inputs,
     ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
-        x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+        """Hidden states (and optionally every layer's input and attention weights).
+
+        A family changes one step, not the loop, through ``embed`` (token ids to the blocks' width),
+        ``context`` (what the mixers share, from ``inputs`` such as LSW's document ids) and ``finish``
+        (after the blocks: the final norm, and whatever the cache must learn of this forward).
+        """
+        x = self.embed(input_ids, inputs_embeds)
         batch, seq = x.shape[:2]
         past = cache.get_seq_length() if cache is not None else 0
         key_padding_mask = _key_padding_mask(attention_mask, past + seq)
         if position_ids is None:
             position_ids = _position_ids(key_padding_mask, batch, seq, past, x.device)
+        position_ids = position_ids.expand(batch, seq)
         if self.embed_positions is not None:
             if past + seq > self.config.block_size:
                 raise ValueError(
@@ -92,15 +100,7 @@ class Backbone(nn.Module):
                 )
             x = x + self.embed_positions(position_ids)
         x = self.dropout(x)
-        ctx = MixerContext(
-            position_ids=position_ids,
-            rope=self.rotary(position_ids) if self.rotary is not None else None,
-            attn_mask=attention_bias_mask(key_padding_mask, seq, past, x.device),
-            key_padding_mask=key_padding_mask,
-            cache=cache,
-            past_length=past,
-            output_attentions=output_attentions,
-        )
+        ctx = self.context(position_ids, key_padding_mask, cache, output_attentions, **inputs)
         hidden_states, attentions = [], []
         for layer in self.layers:
             if output_hidden_states:
@@ -108,12 +108,39 @@ class Backbone(nn.Module):
             x, weights = layer(x, ctx)
             if output_attentions:
                 attentions.append(weights)
-        x = self.norm(x)
+        x = self.finish(x, ctx, **inputs)
         if output_hidden_states:
             hidden_states.append(x)
         return x, (tuple(hidden_states) if output_hidden_states else None), (
             tuple(attentions) if output_attentions else None
         )
+
+    def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings at the blocks' width."""
+        return self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+
+    def context(
+        self,
+        position_ids: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+        cache: Cache | None,
+        output_attentions: bool,
+    ) -> MixerContext:
+        """What every mixer of this forward shares: positions, RoPE angles, the mask, the cache."""
+        past = cache.get_seq_length() if cache is not None else 0
+        return MixerContext(
+            position_ids=position_ids,
+            rope=self.rotary(position_ids) if self.rotary is not None else None,
+            attn_mask=attention_bias_mask(key_padding_mask, position_ids.shape[1], past, position_ids.device),
+            key_padding_mask=key_padding_mask,
+            cache=cache,
+            past_length=past,
+            output_attentions=output_attentions,
+        )
+
+    def finish(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
+        """After the blocks: the final norm."""
+        return self.norm(x)
 
 
 def _key_padding_mask(attention_mask: torch.Tensor | None, total: int) -> torch.Tensor | None:

@@ -17,7 +17,7 @@ from ...layers.lsw_attention import LSWAttention, LSWContext, XLMemory, lsw_atte
 from ...layers.norms import build_norm
 from ...layers.rotary import RotaryEmbedding
 from ...losses import simctg_loss
-from ..skeleton import AttnLabForCausalLM, Block, _key_padding_mask, _position_ids
+from ..skeleton import AttnLabForCausalLM, Backbone, Block
 from .configuration_lsw import LSWConfig
 from .contrastive import contrastive_search
 
@@ -30,11 +30,16 @@ class LSWCausalLMOutput(CausalLMOutputWithPast):
     contrastive_loss: torch.Tensor | None = None
 
 
-class LSWBackbone(nn.Module):
-    """Returns hidden states of width d_emb (after W_out), ready for the tied LM head."""
+class LSWBackbone(Backbone):
+    """Returns hidden states of width d_emb (after W_out), ready for the tied LM head.
+
+    The skeleton's forward, with its own embedding (W_in after a d_emb-wide table), context (reversed RoPE,
+    registers, memory and document masks) and finish (W_out, then the memory takes this segment).
+    """
 
     def __init__(self, config: LSWConfig, build_mixer):
-        super().__init__()
+        # Its own modules, in its own order (so seeded initialisation stays as it was), not Backbone's.
+        nn.Module.__init__(self)
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_emb)
         self.input_proj = nn.Linear(config.d_emb, config.d_model, bias=False)
@@ -45,56 +50,20 @@ class LSWBackbone(nn.Module):
         self.norm = build_norm(config.norm, config.d_model, config.norm_eps)
         self.output_proj = nn.Linear(config.d_model, config.d_emb, bias=False)
 
-    def forward(
+    def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
+        return self.input_proj(super().embed(input_ids, inputs_embeds))
+
+    def context(
         self,
-        input_ids: torch.Tensor | None,
-        *,
-        inputs_embeds: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor,
+        key_padding_mask: torch.Tensor | None,
+        cache: XLMemory | None,
+        output_attentions: bool,
         document_ids: torch.Tensor | None = None,
-        cache: XLMemory | None = None,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-    ) -> tuple[torch.Tensor, tuple | None, tuple | None]:
+    ) -> LSWContext:
+        """The layout mask over [registers; memory; segment] and the reversed-RoPE angles, once per forward."""
         if cache is not None and not isinstance(cache, XLMemory):
             raise TypeError(f"LSW models keep their memory in an XLMemory (model.make_cache()), got {type(cache)}")
-        x = self.input_proj(self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds)
-        batch, seq = x.shape[:2]
-        past = cache.get_seq_length() if cache is not None else 0
-        key_padding_mask = _key_padding_mask(attention_mask, past + seq)
-        if position_ids is None:
-            position_ids = _position_ids(key_padding_mask, batch, seq, past, x.device)
-        position_ids = position_ids.expand(batch, seq)
-        if self.embed_positions is not None:
-            if int(position_ids.max()) >= self.config.block_size:
-                raise ValueError(
-                    f"position {int(position_ids.max())} exceeds block_size={self.config.block_size} of this model "
-                    "(learned positions cannot extrapolate); use pos='rope'"
-                )
-            x = x + self.embed_positions(position_ids)
-        x = self.dropout(x)
-        ctx = self._context(position_ids, key_padding_mask, document_ids, cache, output_attentions)
-        hidden_states, attentions = [], []
-        for layer in self.layers:
-            if output_hidden_states:
-                hidden_states.append(x)
-            x, weights = layer(x, ctx)
-            if output_attentions:
-                attentions.append(weights)
-        x = self.output_proj(self.norm(x))
-        if output_hidden_states:
-            hidden_states.append(x)
-        if cache is not None:
-            valid = key_padding_mask[:, -seq:] if key_padding_mask is not None else torch.ones_like(position_ids, dtype=torch.bool)
-            docs = document_ids if document_ids is not None else torch.zeros_like(position_ids)
-            cache.advance(valid, position_ids, docs)
-        return x, (tuple(hidden_states) if output_hidden_states else None), (
-            tuple(attentions) if output_attentions else None
-        )
-
-    def _context(self, position_ids, key_padding_mask, document_ids, cache, output_attentions) -> LSWContext:
-        """The layout mask over [registers; memory; segment] and the reversed-RoPE angles, once per forward."""
         seq = position_ids.shape[1]
         memory_valid = cache.valid if cache is not None else None
         query_valid = key_padding_mask[:, -seq:] if key_padding_mask is not None else None
@@ -117,6 +86,16 @@ class LSWBackbone(nn.Module):
             past_length=cache.get_seq_length() if cache is not None else 0,
             output_attentions=output_attentions,
         )
+
+    def finish(self, x: torch.Tensor, ctx: LSWContext, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """W_out after the final norm; the memory then takes this segment's keys (valid, positions, documents)."""
+        if ctx.cache is not None:
+            seq = ctx.position_ids.shape[1]
+            valid = ctx.key_padding_mask[:, -seq:] if ctx.key_padding_mask is not None else torch.ones_like(
+                ctx.position_ids, dtype=torch.bool)
+            docs = document_ids if document_ids is not None else torch.zeros_like(ctx.position_ids)
+            ctx.cache.advance(valid, ctx.position_ids, docs)
+        return self.output_proj(self.norm(x))
 
 
 class LSWForCausalLM(AttnLabForCausalLM):
