@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-from attnlab.cli import main
 from attnlab.bench.compare import CompareConfig
 from attnlab.bench.flops import count_flops
 from attnlab.bench.memory import peak_memory_bytes
@@ -24,15 +23,6 @@ from attnlab.models.registry import FAMILIES, Family
 
 TINY = ["--models", "gpt:debug", "--seq-lens", "16", "32", "--contexts", "16", "--decode-tokens", "2",
         "--batch-size", "2", "--warmup", "0", "--repeats", "2", "--gemm-size", "64", "--no-progress"]
-
-
-def run_main(capsys, *args):
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ------------------------------------------------------------------------------------------- FLOPs
@@ -82,9 +72,9 @@ def test_cpu_peak_memory_counts_freed_temporaries():
 
 
 # ------------------------------------------------------------------------------------ bench output
-def test_bench_writes_documented_fields_table_and_plots(tmp_path, capsys):
+def test_bench_writes_documented_fields_table_and_plots(tmp_path, run_cli):
     out = tmp_path / "bench"
-    code, stdout, err = run_main(capsys, "bench", *TINY, "--out-dir", str(out))
+    code, stdout, err = run_cli("bench", *TINY, "--out-dir", str(out))
     assert code == 0, err
     assert "gpt:debug" in stdout and "recompute" in stdout
     data = json.loads((out / "results.json").read_text())
@@ -269,7 +259,7 @@ def test_the_authors_dat_runs_beside_ours_at_the_same_config():
 
 
 # ----------------------------------------------------------------------------------------- compare
-def test_compare_trains_two_models_and_writes_the_report(tmp_path, capsys):
+def test_compare_trains_two_models_and_writes_the_report(tmp_path, run_cli):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("to be, or not to be, that is the question:\nwhether 'tis nobler in the mind to suffer\n" * 60)
     out = tmp_path / "report"
@@ -277,7 +267,7 @@ def test_compare_trains_two_models_and_writes_the_report(tmp_path, capsys):
             "--batch-size", "2", "--block-size", "32", "--warmup-steps", "1", "--eval-interval", "2",
             "--eval-tokens", "256", "--sample-tokens", "12", "--sample-prompt", "to be", "--no-progress",
             "--out-dir", str(out)]
-    code, stdout, err = run_main(capsys, *args)
+    code, stdout, err = run_cli(*args)
     assert code == 0, err
     for name in ("report.md", "report.html", "curves.png", "results.json", "results.csv", "compare_config.json"):
         assert (out / name).is_file(), name
@@ -292,8 +282,8 @@ def test_compare_trains_two_models_and_writes_the_report(tmp_path, capsys):
     samples = json.loads((out / "results.json").read_text())["samples"]
     assert all(text.startswith("to be") for text in samples.values())
     # the same command again reuses the finished runs; other settings in the same directory are refused
-    assert run_main(capsys, *args)[0] == 0
-    code, _, err = run_main(capsys, *args[:-2], "--seed", "7", "--out-dir", str(out))
+    assert run_cli(*args)[0] == 0
+    code, _, err = run_cli(*args[:-2], "--seed", "7", "--out-dir", str(out))
     assert code == 2 and "other settings" in err
 
 
@@ -317,8 +307,8 @@ def test_compare_trains_two_models_and_writes_the_report(tmp_path, capsys):
         (["bench", *TINY, "--models", "dual-attention:debug:bias=false"], "nothing to benchmark (dual-attention"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(args, message, capsys):
-    code, out, err = run_main(capsys, *args)
+def test_user_errors_exit_2_with_one_line(args, message, run_cli):
+    code, out, err = run_cli(*args)
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err

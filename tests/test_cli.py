@@ -9,16 +9,6 @@ import pytest
 from attnlab.cli import main
 
 
-def run_main(capsys, *args):
-    """main() in-process: its return code, or the code argparse exits with."""
-    try:
-        code = main(list(args))
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -37,13 +27,13 @@ def run_main(capsys, *args):
         (["eval", "/no/such/run"], "not a saved model"),
     ],
 )
-def test_user_errors_exit_2_with_one_line(args, message, tmp_path, capsys):
+def test_user_errors_exit_2_with_one_line(args, message, tmp_path, run_cli):
     corpus = tmp_path / "c.txt"
     corpus.write_text("to be or not to be, that is the question\n" * 200)
     args = [a.replace("{corpus}", str(corpus)) for a in args]
     if args[0] == "train":
         args += ["--out-dir", str(tmp_path / "run"), "--no-progress"]
-    code, out, err = run_main(capsys, *args)
+    code, out, err = run_cli(*args)
     assert code == 2, (out, err)
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], err
@@ -107,7 +97,7 @@ def test_python_api_mirrors_the_cli(tmp_path):
     assert attnlab.info(tmp_path / "run")["parameters"] == sum(p.numel() for p in attnlab.load(tmp_path / "run").parameters())
 
 
-def test_convert_dat_checkpoint(tmp_path, capsys):
+def test_convert_dat_checkpoint(tmp_path, capsys, run_cli):
     pytest.importorskip("einops")
     lm = pytest.importorskip("dual_attention.language_models")
     import attnlab
@@ -123,5 +113,5 @@ def test_convert_dat_checkpoint(tmp_path, capsys):
     x = torch.randint(0, 100, (1, 16))
     with torch.no_grad():
         torch.testing.assert_close(attnlab.load(tmp_path / "out")(x).logits, theirs(x)[0], rtol=1e-5, atol=1e-5)
-    code, _, err = run_main(capsys, "convert", "dat-checkpoint", str(tmp_path / "nope.pt"), str(tmp_path / "o"))
+    code, _, err = run_cli("convert", "dat-checkpoint", str(tmp_path / "nope.pt"), str(tmp_path / "o"))
     assert code == 2 and "checkpoint not found" in err
