@@ -133,8 +133,9 @@ def test_dual_attention_matches_paper_loop(retriever, symmetric, form):
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_nonlinear_relation_activation_matches_paper_loop(activation):
-    model = make(rel_activation=activation, symbol_retrieval="positional")
+@pytest.mark.parametrize("retriever", ["positional", "position_relative"])
+def test_nonlinear_relation_activation_matches_paper_loop(activation, retriever):
+    model = make(rel_activation=activation, symbol_retrieval=retriever, n_kv_heads=1, max_rel_pos=3)
     x = torch.randn(1, 6, 32, dtype=torch.float64)
     torch.testing.assert_close(run_layer(model, 0, x), naive_dual_attention(model, 0, x, rope=False))
 

@@ -51,14 +51,18 @@ RELATION_FORMS = ("auto", "fused", "direct")
 FUSED_FROM_KEYS = {"cpu": 1024, "cuda": 256}  # where rel_form="auto" switches to the fused form
 
 
-def causal_softmax(scores: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
-    """softmax over keys of (batch, heads, q_len, kv_len) scores under the context's causal/padding mask."""
+def causal_softmax(scores: torch.Tensor, ctx: MixerContext, inplace: bool = False) -> torch.Tensor:
+    """softmax over keys of (batch, heads, q_len, kv_len) scores under the context's causal/padding mask.
+
+    ``inplace`` masks ``scores`` itself (a fresh matmul output nobody else needs): one N² buffer less.
+    """
     mask = ctx.attn_mask
     if mask is None:
         q_len, kv_len = scores.shape[-2:]
         q_index = torch.arange(q_len, device=scores.device)[:, None] + (kv_len - q_len)
         mask = torch.arange(kv_len, device=scores.device)[None, :] <= q_index
-    return scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    fill = scores.masked_fill_ if inplace else scores.masked_fill
+    return fill(~mask, float("-inf")).softmax(dim=-1)
 
 
 class RelationalAttention(nn.Module):
@@ -193,28 +197,39 @@ class RelationalAttention(nn.Module):
         k_rel: torch.Tensor,
         ctx: MixerContext,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """α materialised; relations materialised only for a non-identity activation."""
-        groups = self.n_heads // self.n_kv_heads
-        k = k.repeat_interleave(groups, dim=1)
-        alpha = causal_softmax((q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim), ctx)
+        """α materialised; relations materialised only for a non-identity activation.
+
+        The query heads that share a key/value head are stacked along rows, (batch, kv_heads, groups·seq, ·),
+        so keys and values are never repeated per head, and with the identity activation one matmul
+        α @ [s W_s ; φ_k^rel] gives both the symbol and the relation-key sums.
+        """
+        batch, seq, kv_len = q.shape[0], q.shape[-2], k.shape[-2]
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        grouped = (batch, Hkv, H // Hkv * seq)
+        scores = (q * D**-0.5).reshape(*grouped, D) @ k.transpose(-2, -1)
+        alpha = causal_softmax(scores.view(batch, H, seq, kv_len), ctx, inplace=True)
         weights = alpha
         alpha = F.dropout(alpha, self.dropout, self.training)
-        batch, seq, kv_len = q.shape[0], q.shape[-2], k.shape[-2]
+        identity = self.activation == "identity"
+        values = [] if self.relative_symbols else [sym.view(batch, kv_len, Hkv, D).transpose(1, 2)]
+        if identity:
+            values.append(k_rel[:, None].to(alpha.dtype).expand(batch, Hkv, kv_len, k_rel.shape[-1]))
+        if values:
+            summed = alpha.view(*grouped, kv_len) @ (values[0] if len(values) == 1 else torch.cat(values, dim=-1))
+            summed = summed.view(batch, H, seq, -1)
         if self.relative_symbols:  # Σ_j α_ij s_{i-j} = Σ_d (Σ_{j: i-j=d} α_ij) s_d
             distances = relative_distances(ctx, kv_len, sym.shape[0] - 1)
-            by_distance = alpha.new_zeros(batch, self.n_heads, seq, sym.shape[0])
+            by_distance = alpha.new_zeros(batch, H, seq, sym.shape[0])
             by_distance.scatter_add_(-1, distances[:, None].expand_as(alpha), alpha)
-            table = sym.view(-1, self.n_kv_heads, self.head_dim).repeat_interleave(groups, dim=1).transpose(0, 1)
+            table = sym.view(-1, Hkv, D).repeat_interleave(H // Hkv, dim=1).transpose(0, 1)
             y = by_distance @ table
         else:
-            sym = sym.view(batch, kv_len, self.n_kv_heads, self.head_dim).transpose(1, 2)
-            y = alpha @ sym.repeat_interleave(groups, dim=1)
-        act = RELATION_ACTIVATIONS[self.activation]
-        if act is None:
-            relations = self._contract(q_rel, alpha @ k_rel[:, None].to(alpha.dtype))
+            y, summed = summed[..., :D], summed[..., D:]
+        if identity:
+            relations = self._contract(q_rel, summed)
         else:  # r_ij^ℓ = f(⟨φ_q^ℓ(x_i), φ_k^ℓ(x_j)⟩ / √d_proj), (batch, n_relations, seq, kv_len)
             q_l = q_rel.view(batch, seq, self.n_relations, self.rel_proj_dim).transpose(1, 2)
             k_l = k_rel.view(batch, kv_len, self.n_relations, self.rel_proj_dim).transpose(1, 2)
-            r = act((q_l @ k_l.transpose(-2, -1)) / math.sqrt(self.rel_proj_dim))
+            r = RELATION_ACTIVATIONS[self.activation]((q_l @ k_l.transpose(-2, -1)) / math.sqrt(self.rel_proj_dim))
             relations = torch.einsum("bhij,blij->bhil", alpha, r.to(alpha.dtype))
         return y + relations @ self.w_r, weights
