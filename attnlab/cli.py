@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from transformers.utils import logging as hf_logging
 
+    from .cpu_memory import keep_freed_memory
+
+    keep_freed_memory()  # CPU steps reuse freed memory instead of page-faulting it in again
+
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with streamed text
     from .bench.cli import cmd_bench, cmd_compare
     from .viz.cli import cmd_viz
