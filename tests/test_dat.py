@@ -9,9 +9,19 @@ import torch
 import attnlab
 from attnlab.errors import ConfigError
 from attnlab.layers import MixerContext, RotaryEmbedding
+from attnlab.layers import relational
 from attnlab.layers.relational import RELATION_ACTIVATIONS
 
 RETRIEVERS = ["symbolic_attention", "positional", "position_relative"]
+FORMS = ["fused", "direct", "direct-blocks"]  # direct-blocks: the direct form by blocks of 3 queries
+
+
+def rel_form(form, monkeypatch):
+    """The config's rel_form for a FORMS entry (small query blocks patched in for direct-blocks)."""
+    if form == "direct-blocks":
+        monkeypatch.setattr(relational, "DIRECT_BLOCK_ROWS", 3)
+        return "direct"
+    return form
 
 
 def make(**overrides):
@@ -123,11 +133,12 @@ def run_layer(model, layer, x):
 
 @pytest.mark.parametrize("retriever", RETRIEVERS)
 @pytest.mark.parametrize("symmetric", [False, True])
-@pytest.mark.parametrize("form", ["fused", "direct"])
-def test_dual_attention_matches_paper_loop(retriever, symmetric, form):
-    if form == "fused" and retriever == "position_relative":
-        pytest.skip("position-relative symbols always use the direct form")
-    model = make(symbol_retrieval=retriever, symmetric_rels=symmetric, rel_form=form, n_relations=4, max_rel_pos=3)
+@pytest.mark.parametrize("form", FORMS)
+def test_dual_attention_matches_paper_loop(retriever, symmetric, form, monkeypatch):
+    if form != "direct" and retriever == "position_relative":
+        pytest.skip("position-relative symbols always use the direct form, whole")
+    model = make(symbol_retrieval=retriever, symmetric_rels=symmetric, rel_form=rel_form(form, monkeypatch),
+                 n_relations=4, max_rel_pos=3)
     x = torch.randn(2, 7, 32, dtype=torch.float64)
     torch.testing.assert_close(run_layer(model, 1, x), naive_dual_attention(model, 1, x, rope=False))
 
@@ -140,9 +151,10 @@ def test_nonlinear_relation_activation_matches_paper_loop(activation, retriever)
     torch.testing.assert_close(run_layer(model, 0, x), naive_dual_attention(model, 0, x, rope=False))
 
 
-@pytest.mark.parametrize("form", ["fused", "direct"])
-def test_relational_only_gqa_rope_matches_paper_loop(form):
-    model = make(n_heads_sa=0, n_heads_ra=4, n_kv_heads=2, pos="rope", rel_form=form, symbol_retrieval="positional")
+@pytest.mark.parametrize("form", FORMS)
+def test_relational_only_gqa_rope_matches_paper_loop(form, monkeypatch):
+    model = make(n_heads_sa=0, n_heads_ra=4, n_kv_heads=2, pos="rope", rel_form=rel_form(form, monkeypatch),
+                 symbol_retrieval="positional")
     x = torch.randn(2, 6, 32, dtype=torch.float64)
     got = run_layer(model, 0, x)
     torch.testing.assert_close(got, naive_dual_attention(model, 0, x, rope=True), rtol=1e-6, atol=1e-6)
@@ -158,10 +170,21 @@ def test_symmetric_relations_are_symmetric():
         assert torch.allclose(r, r.transpose(-1, -2)) == symmetric
 
 
-def test_fused_and_direct_forms_agree_on_the_whole_model():
-    x = torch.randint(0, 256, (2, 30))
-    fused, direct = make(rel_form="fused", pos="rope"), make(rel_form="direct", pos="rope")
-    torch.testing.assert_close(fused(x).logits, direct(x).logits, rtol=1e-10, atol=1e-10)
+@pytest.mark.parametrize("block_rows", [7, 256])
+def test_fused_and_direct_forms_agree_on_the_whole_model(block_rows, monkeypatch):
+    """Logits and every gradient, with left padding (the padding mask is sliced per query block)."""
+    monkeypatch.setattr(relational, "DIRECT_BLOCK_ROWS", block_rows)
+    x = torch.randint(1, 256, (2, 30))
+    mask = torch.ones_like(x)
+    mask[0, :4] = 0
+    fused, direct = make(rel_form="fused", pos="rope", n_kv_heads=1), make(rel_form="direct", pos="rope", n_kv_heads=1)
+    for model in (fused, direct):
+        out = model(x, attention_mask=mask, labels=x)
+        out.loss.backward()
+    torch.testing.assert_close(fused(x, attention_mask=mask).logits, direct(x, attention_mask=mask).logits,
+                               rtol=1e-10, atol=1e-10)
+    for (name, a), b in zip(fused.named_parameters(), direct.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12, msg=name)
 
 
 @pytest.mark.parametrize("pos", ["learned", "rope"])
@@ -177,11 +200,12 @@ def test_no_relational_heads_is_the_gpt_baseline(pos):
 
 
 @pytest.mark.parametrize("retriever", RETRIEVERS)
-@pytest.mark.parametrize("form", ["fused", "direct"])
-def test_causal_cached_and_padded_for_every_retriever_and_form(retriever, form):
-    if form == "fused" and retriever == "position_relative":
-        pytest.skip("position-relative symbols always use the direct form")
-    model = make(symbol_retrieval=retriever, rel_form=form, pos="rope", n_kv_heads=1, max_rel_pos=5)
+@pytest.mark.parametrize("form", FORMS)
+def test_causal_cached_and_padded_for_every_retriever_and_form(retriever, form, monkeypatch):
+    if form != "direct" and retriever == "position_relative":
+        pytest.skip("position-relative symbols always use the direct form, whole")
+    model = make(symbol_retrieval=retriever, rel_form=rel_form(form, monkeypatch), pos="rope", n_kv_heads=1,
+                 max_rel_pos=5)
     V = model.config.vocab_size
     x = torch.randint(1, V, (2, 16))  # 0 is the pad token
     base = model(x).logits
@@ -193,6 +217,9 @@ def test_causal_cached_and_padded_for_every_retriever_and_form(retriever, form):
     full = model(out.sequences, use_cache=False).logits
     for i, step in enumerate(out.logits):
         torch.testing.assert_close(step, full[:, 3 + i].float(), rtol=1e-6, atol=1e-6)
+    first = model(x[:, :9], use_cache=True)  # a cache continued by 7 tokens at once (several query blocks)
+    rest = model(x[:, 9:], past_key_values=first.past_key_values, use_cache=True).logits
+    torch.testing.assert_close(rest, base[:, 9:], rtol=1e-9, atol=1e-9)
     mask = torch.ones_like(x)
     mask[0, :5] = 0  # left padding
     padded = model(x, attention_mask=mask).logits

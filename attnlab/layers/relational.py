@@ -15,11 +15,13 @@ Two ways to compute it, same numbers:
   ``scaled_dot_product_attention`` call whose values are [s_j W_s ; φ_k(x_j)] yields both sums, and a
   per-position contraction with φ_q(x_i) finishes the relations. Memory O(N) (flash / memory-efficient
   kernels), compute ∝ N² · n_heads · (d_head + n_relations·d_proj).
-- ``direct``. Materialise α (batch, heads, N, N). With identity f the relations are still never
-  materialised (α @ φ_k, then the contraction); any other f materialises r as (batch, n_relations, N, N),
-  as the authors' implementation does. Position-relative symbols always take this path: Σ_j α_ij s_{i-j}
-  needs α explicitly (it is summed along diagonals into (batch, heads, N, max_rel_pos + 1)).
-  Memory O(N²·(heads [+ n_relations])).
+- ``direct``. Materialise α. With identity f the relations are still never materialised (α @ φ_k, then
+  the contraction), and α is computed by blocks of queries, each against the keys up to its last query:
+  the q·k products need only d_head (the fused call pads them to the value width on the CPU) and about half
+  of the causal N² is skipped. Any other f materialises r as (batch, n_relations, N, N), as the authors'
+  implementation does. Position-relative symbols always take this path, whole: Σ_j α_ij s_{i-j} needs α
+  explicitly (it is summed along diagonals into (batch, heads, N, max_rel_pos + 1)).
+  Memory O(N²·(heads [+ n_relations])) for the backward.
 
 Standard attention costs N²·n_heads·2·d_head multiply-adds and O(N) memory with SDPA; a relational head
 adds n_relations·d_proj to the value width in the fused form, i.e. (1 + n_relations·d_proj / d_head)× the
@@ -48,17 +50,28 @@ RELATION_ACTIVATIONS = {
     "silu": F.silu,
 }
 RELATION_FORMS = ("auto", "fused", "direct")
-FUSED_FROM_KEYS = {"cpu": 1024, "cuda": 256}  # where rel_form="auto" switches to the fused form
+FUSED_FROM_KEYS = {"cpu": 2048, "cuda": 256}  # where rel_form="auto" switches to the fused form
+DIRECT_BLOCK_ROWS = 256  # queries per block of the direct form
 
 
-def causal_softmax(scores: torch.Tensor, ctx: MixerContext, inplace: bool = False) -> torch.Tensor:
+def causal_softmax(
+    scores: torch.Tensor, ctx: MixerContext, inplace: bool = False, rows: slice | None = None
+) -> torch.Tensor:
     """softmax over keys of (batch, heads, q_len, kv_len) scores under the context's causal/padding mask.
 
-    ``inplace`` masks ``scores`` itself (a fresh matmul output nobody else needs): one N² buffer less.
+    ``rows``: the scores are those of the current queries ``rows`` against the first kv_len keys (a block
+    of queries that ends at ``rows.stop``). ``inplace`` masks ``scores`` itself (a fresh matmul output
+    nobody else needs): one N² buffer less.
     """
     mask = ctx.attn_mask
+    if mask is not None and rows is not None:
+        mask = mask[..., rows, : scores.shape[-1]]
+    q_len, kv_len = scores.shape[-2:]
+    if mask is None and inplace and kv_len >= q_len:  # only the last q_len keys can be ahead of a query
+        ahead = torch.ones(q_len, q_len, dtype=torch.bool, device=scores.device).triu(1)
+        scores[..., kv_len - q_len :].masked_fill_(ahead, float("-inf"))
+        return scores.softmax(dim=-1)
     if mask is None:
-        q_len, kv_len = scores.shape[-2:]
         q_index = torch.arange(q_len, device=scores.device)[:, None] + (kv_len - q_len)
         mask = torch.arange(kv_len, device=scores.device)[None, :] <= q_index
     fill = scores.masked_fill_ if inplace else scores.masked_fill
@@ -110,9 +123,9 @@ class RelationalAttention(nn.Module):
 
     def uses_fused_form(self, q_len: int, kv_len: int, need_weights: bool, device_type: str = "cpu") -> bool:
         """``auto``: direct for short contexts (fewer FLOPs, N² still small), fused from ``FUSED_FROM_KEYS``
-        keys on (O(N) memory). On an idle 2-core CPU, ``attnlab bench --suite dat`` (d_model 256, 4 layers)
-        finds direct faster at 256 and 512 tokens and fused faster from 1024; on GPU the fused call runs a
-        memory-efficient kernel."""
+        keys on (O(N) memory). On a 2-core CPU (``attnlab bench --suite dat``: d_model 256, 4 layers) the
+        direct form is 5–10 % faster up to 4096 tokens too, but holds about 0.2 GB more per layer at 2048;
+        on GPU the fused call runs a memory-efficient kernel."""
         if self.activation != "identity" or self.relative_symbols or need_weights or self.form == "direct":
             return False
         return self.form == "fused" or kv_len >= FUSED_FROM_KEYS.get(device_type, FUSED_FROM_KEYS["cuda"])
@@ -196,27 +209,29 @@ class RelationalAttention(nn.Module):
         q_rel: torch.Tensor,
         k_rel: torch.Tensor,
         ctx: MixerContext,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """α materialised; relations materialised only for a non-identity activation.
 
-        The query heads that share a key/value head are stacked along rows, (batch, kv_heads, groups·seq, ·),
-        so keys and values are never repeated per head, and with the identity activation one matmul
-        α @ [s W_s ; φ_k^rel] gives both the symbol and the relation-key sums.
+        With the identity activation and absolute symbols, one matmul α @ [s W_s ; φ_k^rel] gives both sums,
+        by blocks of ``DIRECT_BLOCK_ROWS`` queries: block b meets only the keys up to its last query, so
+        about half of the causal N² is skipped and only one block's α lives at a time in the forward.
+        Position-relative symbols, other activations and ``output_attentions`` need the whole α at once.
         """
-        batch, seq, kv_len = q.shape[0], q.shape[-2], k.shape[-2]
+        batch, seq = q.shape[0], q.shape[-2]
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
-        grouped = (batch, Hkv, H // Hkv * seq)
-        scores = (q * D**-0.5).reshape(*grouped, D) @ k.transpose(-2, -1)
-        alpha = causal_softmax(scores.view(batch, H, seq, kv_len), ctx, inplace=True)
-        weights = alpha
-        alpha = F.dropout(alpha, self.dropout, self.training)
-        identity = self.activation == "identity"
-        values = [] if self.relative_symbols else [sym.view(batch, kv_len, Hkv, D).transpose(1, 2)]
-        if identity:
-            values.append(k_rel[:, None].to(alpha.dtype).expand(batch, Hkv, kv_len, k_rel.shape[-1]))
-        if values:
-            summed = alpha.view(*grouped, kv_len) @ (values[0] if len(values) == 1 else torch.cat(values, dim=-1))
-            summed = summed.view(batch, H, seq, -1)
+        by_blocks = self.activation == "identity" and not self.relative_symbols and not ctx.output_attentions
+        if by_blocks:
+            values = torch.cat([sym.view(batch, -1, Hkv, D).transpose(1, 2), self._shared(k_rel, q.dtype)], dim=-1)
+            blocks = [self._attend_rows(q, k, values, ctx, slice(start, min(start + DIRECT_BLOCK_ROWS, seq)))[0]
+                      for start in range(0, seq, DIRECT_BLOCK_ROWS)]
+            summed = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
+            y, attended_keys = summed[..., :D], summed[..., D:]
+            return y + self._contract(q_rel, attended_keys) @ self.w_r, None
+        kv_len = k.shape[-2]
+        values = sym.view(batch, kv_len, Hkv, D).transpose(1, 2) if not self.relative_symbols else None
+        if self.activation == "identity":
+            values = self._shared(k_rel, q.dtype) if values is None else torch.cat([values, self._shared(k_rel, q.dtype)], -1)
+        summed, alpha, weights = self._attend_rows(q, k, values, ctx, slice(0, seq))
         if self.relative_symbols:  # Σ_j α_ij s_{i-j} = Σ_d (Σ_{j: i-j=d} α_ij) s_d
             distances = relative_distances(ctx, kv_len, sym.shape[0] - 1)
             by_distance = alpha.new_zeros(batch, H, seq, sym.shape[0])
@@ -225,7 +240,7 @@ class RelationalAttention(nn.Module):
             y = by_distance @ table
         else:
             y, summed = summed[..., :D], summed[..., D:]
-        if identity:
+        if self.activation == "identity":
             relations = self._contract(q_rel, summed)
         else:  # r_ij^ℓ = f(⟨φ_q^ℓ(x_i), φ_k^ℓ(x_j)⟩ / √d_proj), (batch, n_relations, seq, kv_len)
             q_l = q_rel.view(batch, seq, self.n_relations, self.rel_proj_dim).transpose(1, 2)
@@ -233,3 +248,27 @@ class RelationalAttention(nn.Module):
             r = RELATION_ACTIVATIONS[self.activation]((q_l @ k_l.transpose(-2, -1)) / math.sqrt(self.rel_proj_dim))
             relations = torch.einsum("bhij,blij->bhil", alpha, r.to(alpha.dtype))
         return y + relations @ self.w_r, weights
+
+    def _shared(self, k_rel: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Relation keys (batch, kv_len, R) as values of every key/value head, (batch, kv_heads, kv_len, R)."""
+        return k_rel[:, None].to(dtype).expand(k_rel.shape[0], self.n_kv_heads, *k_rel.shape[1:])
+
+    def _attend_rows(
+        self, q: torch.Tensor, k: torch.Tensor, values: torch.Tensor | None, ctx: MixerContext, rows: slice
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """α @ values for the queries ``rows``, over the keys up to the last of them (the rest is masked).
+
+        Query heads that share a key/value head are stacked along rows, (batch, kv_heads, groups·rows, ·), so
+        keys and values are never repeated per head. Returns (α @ values or None, α after dropout, α).
+        """
+        batch, n_rows = q.shape[0], rows.stop - rows.start
+        H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
+        keys_end = k.shape[-2] - (q.shape[-2] - rows.stop)  # past keys + current ones up to the block's end
+        grouped = (batch, Hkv, H // Hkv * n_rows)
+        scores = (q[:, :, rows] * D**-0.5).reshape(*grouped, D) @ k[:, :, :keys_end].transpose(-2, -1)
+        weights = causal_softmax(scores.view(batch, H, n_rows, keys_end), ctx, inplace=True, rows=rows)
+        alpha = F.dropout(weights, self.dropout, self.training)
+        if values is None:
+            return None, alpha, weights
+        summed = alpha.reshape(*grouped, keys_end) @ values[:, :, :keys_end]
+        return summed.view(batch, H, n_rows, -1), alpha, weights
