@@ -61,7 +61,7 @@ def evaluate(
         if docs is not None:
             if cache is None or x.shape[0] != batch_size:  # the leftover row starts a stream of its own
                 cache = model.make_cache()
-            inputs = {"past_key_values": cache, "use_cache": True, "document_ids": docs.to(device)}
+            inputs = {"cache": cache, "use_cache": True, "document_ids": docs.to(device)}
         with autocast_context(device, dtype):
             logits = model(input_ids=x, **inputs).logits
         total_nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()

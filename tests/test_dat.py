@@ -8,6 +8,7 @@ import torch
 
 import attnlab
 from attnlab.errors import ConfigError
+from attnlab.models.hf_compat import output_cache
 from attnlab.layers import MixerContext, RotaryEmbedding
 from attnlab.layers import relational
 from attnlab.layers.relational import RELATION_ACTIVATIONS
@@ -218,7 +219,7 @@ def test_causal_cached_and_padded_for_every_retriever_and_form(retriever, form, 
     for i, step in enumerate(out.logits):
         torch.testing.assert_close(step, full[:, 3 + i].float(), rtol=1e-6, atol=1e-6)
     first = model(x[:, :9], use_cache=True)  # a cache continued by 7 tokens at once (several query blocks)
-    rest = model(x[:, 9:], past_key_values=first.past_key_values, use_cache=True).logits
+    rest = model(x[:, 9:], cache=output_cache(first), use_cache=True).logits
     torch.testing.assert_close(rest, base[:, 9:], rtol=1e-9, atol=1e-9)
     mask = torch.ones_like(x)
     mask[0, :5] = 0  # left padding

@@ -9,6 +9,7 @@ import attnlab
 from attnlab.errors import ConfigError
 from attnlab.layers import MixerContext
 from attnlab.layers.leap import CausalFastformer, LeapAttention
+from attnlab.models.hf_compat import CACHE_FIELD
 from attnlab.ops.leap import additive_attention, window_weights
 
 WINDOWS = [1, 2, 3, 5, 7, 8, 11, 16, 36, 37, 100, None]  # k=1, k ≤ chunk (band), k > chunk (with and
@@ -230,9 +231,9 @@ def test_recurrent_logits_equal_parallel_logits_with_left_padding(overrides):
     mask[0, :3] = 0
     full = model(ids_, attention_mask=mask, use_cache=False).logits
     cache = model.make_cache()
-    steps = [model(ids_[:, :6], attention_mask=mask[:, :6], past_key_values=cache).logits]
+    steps = [model(ids_[:, :6], attention_mask=mask[:, :6], cache=cache).logits]
     for t in range(6, 20):
-        steps.append(model(ids_[:, t : t + 1], attention_mask=mask[:, : t + 1], past_key_values=cache).logits)
+        steps.append(model(ids_[:, t : t + 1], attention_mask=mask[:, : t + 1], cache=cache).logits)
     assert cache.get_seq_length() == 20
     torch.testing.assert_close(torch.cat(steps, 1)[mask.bool()], full[mask.bool()], rtol=1e-10, atol=1e-10)
 
@@ -263,7 +264,7 @@ def test_generation_state_does_not_grow_with_the_context():
     model = make(window_sizes=[4, 8, None])
     cache = model.make_cache()
     model.generate(torch.randint(1, 256, (2, 5)), max_new_tokens=40, do_sample=False, pad_token_id=0,
-                   past_key_values=cache)
+                   **{CACHE_FIELD: cache})  # generate()'s name for a cache of the caller's: cache from 5.24 on
     shapes = [tuple(layer.states[0].n.shape) for layer in cache.layers]
     assert shapes == [(2, 4, 3, 16), (2, 4, 7, 16), (2, 4, 1, 16)]  # (B, heads, k-1 or 1 state, 2·head_dim)
     assert cache.get_seq_length() == 44

@@ -71,7 +71,7 @@ def test_segments_with_memory_equal_one_pass_with_the_xl_window(mem_len):
     ids, segment = torch.randint(0, 256, (24,)), 6
     memory = model.make_cache()
     logits = torch.cat([
-        model(ids[None, s:s + segment], past_key_values=memory, use_cache=True).logits[0]
+        model(ids[None, s:s + segment], cache=memory, use_cache=True).logits[0]
         for s in range(0, len(ids), segment)
     ])
     window = reference_logits(model, ids, lambda i, j: i - i % segment - mem_len <= j <= i)
@@ -115,17 +115,17 @@ def test_no_gradient_flows_into_memory():
     model = make(mem_len=8).train()
     ids = torch.randint(0, 256, (2, 16))
     memory = model.make_cache()
-    model(ids[:, :8], past_key_values=memory, use_cache=True)
+    model(ids[:, :8], cache=memory, use_cache=True)
     assert all(not k.requires_grad and k.grad_fn is None for k in memory.keys + memory.values)
-    loss = model(ids[:, 8:], shift_labels=ids[:, 8:], past_key_values=memory, use_cache=True).loss
+    loss = model(ids[:, 8:], shift_labels=ids[:, 8:], cache=memory, use_cache=True).loss
     loss.backward()
     grads = [p.grad.clone() for p in model.parameters()]
     # The same step with the memory as a constant from a no-grad pass gives the same gradients.
     model.zero_grad()
     constant = model.make_cache()
     with torch.no_grad():
-        model(ids[:, :8], past_key_values=constant, use_cache=True)
-    model(ids[:, 8:], shift_labels=ids[:, 8:], past_key_values=constant, use_cache=True).loss.backward()
+        model(ids[:, :8], cache=constant, use_cache=True)
+    model(ids[:, 8:], shift_labels=ids[:, 8:], cache=constant, use_cache=True).loss.backward()
     assert all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters()))
 
 
@@ -134,7 +134,7 @@ def test_reversed_rope_scores_do_not_depend_on_the_memory_behind():
     model = attnlab.create_model("lsw", "debug", mem_len=32).eval()
     bare = model.model.context(torch.arange(8)[None], None, None, False)
     memory = model.make_cache()
-    model(torch.randint(0, 256, (1, 20)), past_key_values=memory, use_cache=True)
+    model(torch.randint(0, 256, (1, 20)), cache=memory, use_cache=True)
     after = model.model.context(torch.arange(20, 28)[None], None, memory, False)
     q, k = torch.randn(2, 1, 1, 8, model.config.head_dim).unbind(0)
 
@@ -181,9 +181,9 @@ def test_document_ids_reset_memory_and_segment_context():
     a, b = torch.randint(0, 256, (1, 5)), torch.randint(0, 256, (1, 7))
     memory = model.make_cache()
     model(torch.randint(0, 256, (1, 6)), document_ids=torch.zeros(1, 6, dtype=torch.long),
-          past_key_values=memory, use_cache=True)
+          cache=memory, use_cache=True)
     docs = torch.tensor([[0] * 5 + [1] * 7])
-    mixed = model(torch.cat([a, b], dim=1), document_ids=docs, past_key_values=memory, use_cache=True).logits
+    mixed = model(torch.cat([a, b], dim=1), document_ids=docs, cache=memory, use_cache=True).logits
     torch.testing.assert_close(mixed[:, 5:], model(b).logits)
 
 
@@ -193,7 +193,7 @@ def test_bf16_autocast_trains():
     memory = model.make_cache()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for s in (0, 8):
-            out = model(ids[:, s:s + 8], labels=ids[:, s:s + 8], past_key_values=memory, use_cache=True)
+            out = model(ids[:, s:s + 8], labels=ids[:, s:s + 8], cache=memory, use_cache=True)
             out.loss.backward()
     assert out.contrastive_loss is not None and torch.isfinite(out.loss)
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())

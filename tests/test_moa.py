@@ -16,6 +16,7 @@ from attnlab.layers.hyperffn import HyperFFN, LowRankFFN
 from attnlab.layers.metric_attention import MetricAttention
 from attnlab.layers.moa_heads import LocalConvHead, Routing
 from attnlab.layers.ffn import SwiGLU
+from attnlab.models.hf_compat import output_cache
 from attnlab.models.moa import MoACache, MoAMetricConfig, MoAMetricForCausalLM
 from attnlab.models.moa.modeling_moa import DropPath
 
@@ -267,7 +268,7 @@ def test_ablations_are_causal_and_cached_generation_equals_recompute(overrides):
 def test_cache_holds_metric_kv_and_conv_states():
     model = attnlab.create_model("moa", "debug").eval()
     out = model(torch.randint(0, 256, (1, 6)), use_cache=True)
-    cache = out.past_key_values
+    cache = output_cache(out)
     assert isinstance(cache, MoACache) and cache.get_seq_length() == 6
     assert len(cache.layers) == 2 * model.config.n_layers
     assert set(cache.conv_states) == {f"{l}.{n}" for l in range(2) for n in ("conv_head", "ffn_conv")}

@@ -72,12 +72,13 @@ class ReferenceLM(nn.Module):
         shift_labels: torch.Tensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        cache: Any = None,
         past_key_values: Any = None,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """``labels`` are the inputs (shifted here, as transformers does), ``shift_labels`` already the next
         tokens; ``use_cache`` is ignored (no cache: every call processes the whole input)."""
-        if past_key_values is not None:
+        if cache is not None or past_key_values is not None:
             raise ValueError(f"{self.reference.name} has no KV cache")
         logits, loss = self.reference.call(self.model, input_ids, _targets(labels, shift_labels))
         if logits_to_keep:

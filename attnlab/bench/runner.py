@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import AttnlabError, ConfigError
 from ..evaluation import autocast_context
+from ..models.hf_compat import output_cache
 from ..options import Options
 from .env import environment
 from .flops import count_flops, default_gemm_size, measure_peak_flops
@@ -289,7 +290,7 @@ def make_train_step(
     """
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    memory = {"use_cache": False} if cache is None else {"past_key_values": cache, "use_cache": True}
+    memory = {"use_cache": False} if cache is None else {"cache": cache, "use_cache": True}
 
     def step(_=None) -> None:
         with autocast_context(device, dtype):
@@ -400,11 +401,11 @@ class ModelBench:
         def setup() -> list:
             with self.autocast():
                 out = model(input_ids=x, use_cache=True, logits_to_keep=1)
-            return [out.past_key_values, out.logits[:, -1:].argmax(-1)]
+            return [output_cache(out), out.logits[:, -1:].argmax(-1)]
 
         def one_token(state: list) -> None:
             with self.autocast():
-                out = model(input_ids=state[1], past_key_values=state[0], use_cache=True)
+                out = model(input_ids=state[1], cache=state[0], use_cache=True)
             state[1] = out.logits[:, -1:].argmax(-1)
 
         def decode(state: list) -> None:

@@ -27,6 +27,7 @@ from ..layers.masks import attention_bias_mask
 from ..layers.norms import build_norm
 from ..layers.rotary import RotaryEmbedding, rope_inverse_frequencies
 from .config import AttnLabConfig
+from .hf_compat import CACHE_FIELD, one_cache
 
 
 class Block(nn.Module):
@@ -264,8 +265,8 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """Let ``generate()`` use the family's own cache (recurrent state, conv state...) via ``make_cache``."""
         wants_default = generation_config.cache_implementation in (None, "dynamic")
-        if model_kwargs.get("past_key_values") is None and generation_config.use_cache and wants_default:
-            model_kwargs["past_key_values"] = self.make_cache()
+        if model_kwargs.get(CACHE_FIELD) is None and generation_config.use_cache and wants_default:
+            model_kwargs[CACHE_FIELD] = self.make_cache()
             return
         return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
@@ -280,7 +281,7 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values: Cache | None = None,
+        cache: Cache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         shift_labels: torch.LongTensor | None = None,
@@ -288,25 +289,29 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        past_key_values: Cache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits for every position (or the last ``logits_to_keep``); loss when ``labels`` are given.
 
         ``labels`` are the input ids themselves (shifted inside, -100 ignored), as in every HF causal LM;
         ``shift_labels`` are targets already aligned with the positions (the trainer's next-token windows).
+        ``cache`` is the generation cache (or LSW's memory); ``past_key_values`` is its name before transformers
+        5.24, accepted too.
         """
+        cache = one_cache(cache, past_key_values)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
-        if use_cache and past_key_values is None:
-            past_key_values = self.make_cache()
+        if use_cache and cache is None:
+            cache = self.make_cache()
         hidden, all_hidden, attentions = self.model(
             input_ids,
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=past_key_values if use_cache else None,
+            cache=cache if use_cache else None,
             output_attentions=bool(output_attentions),
             output_hidden_states=bool(output_hidden_states),
             **{name: kwargs[name] for name in self.backbone_inputs if name in kwargs},
@@ -328,7 +333,7 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
         return self.output_class(
             loss=loss,
             logits=logits,
-            past_key_values=past_key_values if use_cache else None,
+            **{CACHE_FIELD: cache if use_cache else None},
             hidden_states=all_hidden,
             attentions=attentions,
             **{name: value for name, value in reported.items() if name in fields},

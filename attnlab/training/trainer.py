@@ -251,7 +251,7 @@ class Trainer:
             x, y = xs[rows].to(self.device), ys[rows].to(self.device)
             memory = {"use_cache": False}
             if self.memories:
-                memory = dict(past_key_values=self.memories[micro], use_cache=True,
+                memory = dict(cache=self.memories[micro], use_cache=True,
                               document_ids=docs[rows].to(self.device))
             sync = micro == self.accum_steps - 1 or not info.enabled
             with contextlib.nullcontext() if sync else self.step_model.no_sync():

@@ -36,7 +36,7 @@ def contrastive_search(
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     cache = model.make_cache()
-    out = model(input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+    out = model(input_ids, attention_mask=attention_mask, cache=cache, use_cache=True,
                 output_hidden_states=True)
     context, context_valid = out.hidden_states[-1], attention_mask.bool()
     logits, sequences = out.logits[:, -1].float(), input_ids
@@ -47,7 +47,7 @@ def contrastive_search(
         cache.batch_repeat_interleave(top_k)
         mask = torch.cat([attention_mask, torch.ones_like(attention_mask[:, :1])], dim=1)
         step = model(candidates.reshape(-1, 1), attention_mask=mask.repeat_interleave(top_k, dim=0),
-                     past_key_values=cache, use_cache=True, output_hidden_states=True)
+                     cache=cache, use_cache=True, output_hidden_states=True)
         hidden = step.hidden_states[-1][:, -1].view(batch, top_k, -1)
         similarity = F.cosine_similarity(hidden[:, :, None], context[:, None], dim=-1)
         penalty = similarity.masked_fill(~context_valid[:, None], -1.0).amax(-1)

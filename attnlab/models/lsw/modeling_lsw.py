@@ -103,7 +103,7 @@ class LSWForCausalLM(AttnLabForCausalLM):
     runs contrastive search.
 
     ``forward`` is the skeleton's, plus ``document_ids`` (batch, seq): keys of another document are masked,
-    in the segment and in memory. Pass ``past_key_values=model.make_cache()``, ``use_cache=True`` and feed
+    in the segment and in memory. Pass ``cache=model.make_cache()``, ``use_cache=True`` and feed
     consecutive segments to train with XL memory; SimCTG is added to ``loss`` in training mode.
     """
 
