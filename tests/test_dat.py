@@ -8,6 +8,8 @@ import torch
 
 import attnlab
 from attnlab.errors import ConfigError
+from attnlab.bench.specs import count_params
+from attnlab.inspect import count_parameters
 from attnlab.models.hf_compat import output_cache
 from attnlab.layers import MixerContext, RotaryEmbedding
 from attnlab.layers import relational
@@ -119,6 +121,9 @@ def naive_dual_attention(model, layer, x, rope):
         heads.append(y)
     rel_max = config.max_rel_pos if config.symbol_retrieval == "position_relative" else None
     heads.append(naive_relational(mixer.relational, h, symbols, rope, rel_max))
+    if config.out_proj == "per_kind" and len(heads) == 2:  # [out(SA heads) ; out_ra(RA heads)]
+        return torch.cat([heads[0] @ mixer.out.weight.T + mixer.out.bias,
+                          heads[1] @ mixer.out_ra.weight.T + mixer.out_ra.bias], -1)
     return torch.cat(heads, -1) @ mixer.out.weight.T + mixer.out.bias
 
 
@@ -142,6 +147,20 @@ def test_dual_attention_matches_paper_loop(retriever, symmetric, form, monkeypat
                  n_relations=4, max_rel_pos=3)
     x = torch.randn(2, 7, 32, dtype=torch.float64)
     torch.testing.assert_close(run_layer(model, 1, x), naive_dual_attention(model, 1, x, rope=False))
+
+
+@pytest.mark.parametrize("heads", [(2, 2), (1, 3), (0, 4)])
+def test_output_projection_per_head_kind_matches_paper_loop(heads):
+    """out_proj="per_kind": [out(SA heads) ; out_ra(RA heads)], the authors' block-diagonal projection."""
+    sa, ra = heads
+    model = make(n_heads_sa=sa, n_heads_ra=ra, out_proj="per_kind", symbol_retrieval="positional")
+    mixer = model.model.layers[0].mixer
+    assert mixer.out.in_features == (sa * 8 if sa else 32) and hasattr(mixer, "out_ra") == bool(sa and ra)
+    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    torch.testing.assert_close(run_layer(model, 0, x), naive_dual_attention(model, 0, x, rope=False))
+    shared = make(n_heads_sa=sa, n_heads_ra=ra, symbol_retrieval="positional")
+    dropped = 2 * sa * ra * 8 * 8 * model.config.n_layers  # the off-diagonal blocks of each layer's projection
+    assert count_parameters(shared)["parameters"] - count_parameters(model)["parameters"] == dropped
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
@@ -260,6 +279,10 @@ def test_released_presets_match_the_paper_table():
         c = attnlab.build_config("dat", name)
         assert (c.d_model, c.n_layers, c.n_heads_sa, c.n_heads_ra, c.n_relations, c.n_kv_heads, c.block_size) == (
             d, 24, heads, heads, d_r, kv, 1024)
+    # The authors' models of these configs count 345,123,840 / 737,100,288 / 1,276,925,952 parameters: ours add
+    # only the biases of the query and relation maps (theirs have none; zero after converting their weights).
+    sizes = {name: count_params(attnlab.build_config("dat", name), "dat") for name in expected}
+    assert sizes == {"343m": 345_172_992, "734m": 737_174_016, "1.27b": 1_277_024_256}
 
 
 @pytest.mark.parametrize(
@@ -274,6 +297,7 @@ def test_released_presets_match_the_paper_table():
         ({"rel_activation": "softmax"}, "rel_activation must be one of"),
         ({"n_relations": 3}, "rel_proj_dim"),
         ({"symbol_heads": 3}, "divisible by symbol_heads"),
+        ({"out_proj": "diagonal"}, "out_proj must be one of"),
     ],
 )
 def test_impossible_configs_raise_config_error(overrides, message):
@@ -335,3 +359,13 @@ def test_converter_refuses_what_has_no_twin(tmp_path):
 
     with pytest.raises(ConfigError, match="expected keys"):
         convert_dat_checkpoint(tmp_path / "bad.pt", tmp_path / "out")
+
+
+def test_auto_form_is_direct_below_the_devices_threshold_and_fused_from_it():
+    ra = make().model.layers[0].mixer.relational
+    for device, keys in relational.FUSED_FROM_KEYS.items():
+        assert not ra.uses_fused_form(keys - 1, keys - 1, False, device)
+        assert ra.uses_fused_form(1, keys, False, device)  # decoding one token after keys - 1 cached ones
+        assert not ra.uses_fused_form(keys, keys, True, device)  # attention weights need α itself
+    assert not make(rel_form="direct").model.layers[0].mixer.relational.uses_fused_form(8192, 8192, False)
+    assert make(rel_form="fused").model.layers[0].mixer.relational.uses_fused_form(1, 1, False)

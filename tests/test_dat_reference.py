@@ -7,6 +7,7 @@ import torch
 
 import attnlab
 from attnlab.errors import ConfigError
+from attnlab.inspect import count_parameters
 from attnlab.models.dat.convert import convert_authors_state_dict, dat_config_from_authors
 from attnlab.models.dat.reference import authors_kwargs, build_authors_model
 
@@ -31,24 +32,32 @@ def relevant(config) -> dict:
     return values
 
 
+@pytest.mark.parametrize("out_proj", ["shared", "per_kind"])
 @pytest.mark.parametrize("overrides", VARIANTS, ids=IDS)
-def test_dat_config_round_trips_through_the_authors_kwargs(overrides):
-    config = attnlab.build_config("dat", "debug", **overrides)
-    assert relevant(dat_config_from_authors(authors_kwargs(config))) == relevant(config)
+def test_dat_config_round_trips_through_the_authors_kwargs(overrides, out_proj):
+    config = attnlab.build_config("dat", "debug", out_proj=out_proj, **overrides)
+    assert relevant(dat_config_from_authors(authors_kwargs(config), out_proj)) == relevant(config)
 
 
+@pytest.mark.parametrize("out_proj", ["shared", "per_kind"])
 @pytest.mark.parametrize("overrides", VARIANTS, ids=IDS)
-def test_authors_model_from_our_config_computes_ours(overrides):
+def test_authors_model_from_our_config_computes_ours(overrides, out_proj):
     pytest.importorskip("einops")
     pytest.importorskip("dual_attention.language_models")
     from attnlab.bench.references import build_reference
 
-    config = attnlab.build_config("dat", "debug", **overrides)
+    config = attnlab.build_config("dat", "debug", out_proj=out_proj, **overrides)
     torch.manual_seed(0)
     wrapped = build_reference("dual-attention", config).eval()
     theirs = wrapped.model
-    ours = convert_authors_state_dict(authors_kwargs(config), theirs.state_dict())
+    ours = convert_authors_state_dict(authors_kwargs(config), theirs.state_dict(), out_proj)
     assert relevant(ours.config) == relevant(config)
+    if out_proj == "per_kind":  # their parameters exactly, plus zero biases where their maps have none
+        relation_maps = config.n_relations * config.rel_proj_dim * (1 if config.symmetric_rels else 2)
+        zero_biases = config.n_layers * (config.n_heads * config.head_dim + relation_maps)  # + the query maps'
+        if config.symbol_retrieval == "position_relative":  # their table also has the offsets j - i > 0
+            zero_biases -= config.max_rel_pos * config.d_model
+        assert count_parameters(ours)["parameters"] - count_parameters(theirs)["parameters"] == zero_biases
     x = torch.randint(0, config.vocab_size, (2, 24))
     with torch.no_grad():
         torch.testing.assert_close(ours(x).logits, theirs(x)[0], rtol=1e-5, atol=1e-5)

@@ -7,11 +7,15 @@ from ...layers.relational import RELATION_ACTIVATIONS, RELATION_FORMS
 from ...layers.symbols import SYMBOL_RETRIEVERS
 from ..config import AttnLabConfig
 
+OUT_PROJECTIONS = ("shared", "per_kind")
+
 
 class DATConfig(AttnLabConfig):
     """Skeleton fields plus dual attention: ``n_heads_sa`` self-attention and ``n_heads_ra`` relational heads.
 
     ``n_heads`` is derived (n_heads_sa + n_heads_ra) and every head has d_model / n_heads dimensions.
+    ``out_proj``: "shared", one d_model × d_model map over all heads; "per_kind", one map per head kind with
+    the two outputs concatenated (block-diagonal), as in the authors' package and the released DAT-LMs.
     ``n_kv_heads`` counts key/value heads *per head kind*, as in the authors' package: each kind uses
     min(n_kv_heads, its heads), so the default (None) is MHA for both, 1 is MQA for both. With
     ``n_heads_ra=0`` the model is the GPT baseline with the same parameter names.
@@ -27,6 +31,7 @@ class DATConfig(AttnLabConfig):
     symmetric_rels: bool = False
     rel_activation: str = "identity"
     rel_form: str = "auto"
+    out_proj: str = "shared"
     symbol_retrieval: str = "symbolic_attention"
     n_symbols: int | None = None
     symbol_heads: int = 4
@@ -71,6 +76,8 @@ class DATConfig(AttnLabConfig):
                     f"n_heads_{kind} ({heads}) must be divisible by its key/value heads min(n_kv_heads, "
                     f"n_heads_{kind}) = {self.kv_heads(heads)}"
                 )
+        if self.out_proj not in OUT_PROJECTIONS:
+            raise ConfigError(f"out_proj must be one of {OUT_PROJECTIONS}, got {self.out_proj!r}")
         if self.n_heads_ra:
             self._check_relational()
 
@@ -101,10 +108,11 @@ class DATConfig(AttnLabConfig):
 # Named sizes. "tiny"/"small" match the GPT presets' total heads (sa + ra = 4 / 6) for fair comparisons.
 # "343m", "734m", "1.27b" are the released DAT-LM sizes (paper Table: d_model, 24 layers, heads, d_r,
 # n_kv_heads; fineweb-edu with the GPT-2 tokenizer, 1024 context, RoPE, symbolic attention over a frozen
-# library of d_model symbols with n_heads_sa symbol heads; e.g. awni00/DAT-sa8-ra8-ns1024-sh8-nkvh4-343M).
+# library of d_model symbols with n_heads_sa symbol heads, an output projection per head kind; e.g.
+# awni00/DAT-sa8-ra8-ns1024-sh8-nkvh4-343M).
 _RELEASED = dict(
     n_layers=24, block_size=1024, vocab_size=50304, pos="rope", symbol_retrieval="symbolic_attention",
-    trainable_symbols=False,
+    trainable_symbols=False, out_proj="per_kind",
 )
 PRESETS: dict[str, dict] = {
     "debug": dict(d_model=32, n_layers=2, n_heads_sa=2, n_heads_ra=2, block_size=64, n_symbols=16, symbol_heads=2),

@@ -5,8 +5,9 @@ exact (same logits up to float rounding):
 
 - SA ``wq, wk, wv`` → ``qkv``; RA ``wq_attn, wk_attn`` → ``relational.qk``, ``wq_rel[, wk_rel]`` →
   ``relational.rel``, ``wv`` → ``relational.symbol_values``, ``wr`` (H, d_head, d_r) → ``w_r`` (H, d_r, d_head);
-- their two output projections (one per head kind, concatenated) are the diagonal blocks of our single
-  ``out`` (off-diagonal blocks zero); attention biases they do not have are zero;
+- their two output projections (one per head kind, concatenated) are our ``out`` and ``out_ra``
+  (``out_proj="per_kind"``, the default: the same parameters as theirs), or the diagonal blocks of a single
+  ``out`` (``out_proj="shared"``, off-diagonal blocks zero); attention biases they do not have are zero;
 - RoPE: they rotate interleaved pairs (2k, 2k+1), we rotate halves (k, k + d/2) with the same
   frequencies, so the rows of every RoPE'd query/key head are reordered [0, 2, 4, …, 1, 3, 5, …];
 - their position-relative table (2M+1 rows for offsets -M..M) keeps the causal half, by distance i-j;
@@ -28,8 +29,10 @@ _RETRIEVERS = {"symbolic_attention": "symbolic_attention", "positional_symbols":
                "position_relative": "position_relative"}
 
 
-def dat_config_from_authors(cfg: dict[str, Any]) -> DATConfig:
-    """Our ``DATConfig`` for the authors' ``DualAttnTransformerLM(**cfg)``; ConfigError for what has no twin."""
+def dat_config_from_authors(cfg: dict[str, Any], out_proj: str = "per_kind") -> DATConfig:
+    """Our ``DATConfig`` for the authors' ``DualAttnTransformerLM(**cfg)``; ConfigError for what has no twin.
+
+    ``out_proj="shared"`` gives a model with one full output projection that starts as theirs."""
     sa_kw, ra_kw = dict(cfg.get("sa_kwargs") or {}), dict(cfg.get("ra_kwargs") or {})
     sym_kw = dict(cfg.get("symbol_retrieval_kwargs") or {})
     retriever = cfg.get("symbol_retrieval", "symbolic_attention")
@@ -60,6 +63,7 @@ def dat_config_from_authors(cfg: dict[str, Any]) -> DATConfig:
         n_relations=ra_kw.get("n_relations") or cfg["n_heads_ra"], rel_proj_dim=ra_kw.get("rel_proj_dim"),
         symmetric_rels=bool(ra_kw.get("symmetric_rels", False)),
         rel_activation=ra_kw.get("rel_activation", "identity"), symbol_retrieval=_RETRIEVERS[retriever],
+        out_proj=out_proj,
     )
     if retriever == "symbolic_attention":
         values.update(n_symbols=sym_kw["n_symbols"], symbol_heads=sym_kw["n_heads"],
@@ -81,9 +85,11 @@ def _zeros_if_missing(sd: dict, key: str, rows: int, like: torch.Tensor) -> torc
     return sd[key] if key in sd else like.new_zeros(rows)
 
 
-def convert_authors_state_dict(cfg: dict[str, Any], state_dict: dict[str, torch.Tensor]) -> DATForCausalLM:
+def convert_authors_state_dict(
+    cfg: dict[str, Any], state_dict: dict[str, torch.Tensor], out_proj: str = "per_kind"
+) -> DATForCausalLM:
     """A ``DATForCausalLM`` with the weights of the authors' model (config ``cfg``, ``state_dict``)."""
-    config = dat_config_from_authors(cfg)
+    config = dat_config_from_authors(cfg, out_proj)
     sd = {k.removeprefix("_orig_mod.").removeprefix("module."): v for k, v in state_dict.items()}
     D, rope = config.head_dim, config.pos == "rope"
     q_k = (lambda w: _rope_rows(w, D)) if rope else (lambda w: w)  # noqa: E731
@@ -122,7 +128,6 @@ def _convert_retriever(config: DATConfig, sd: dict) -> dict[str, torch.Tensor]:
 
 def _convert_block(config: DATConfig, sd: dict, i: int, q_k) -> dict[str, torch.Tensor]:
     src, dst = f"layers.blocks.{i}.", f"model.layers.{i}."
-    d_model, sa_width = config.d_model, config.n_heads_sa * config.head_dim
     norm = dst + ("mixer.norm." if config.n_heads_ra else "mixer_norm.")
     out = {norm + "weight": sd[src + "norm1.weight"], dst + "ffn_norm.weight": sd[src + "norm2.weight"]}
     if src + "norm1.bias" in sd:
@@ -136,9 +141,7 @@ def _convert_block(config: DATConfig, sd: dict, i: int, q_k) -> dict[str, torch.
         out[dst + "ffn.up.weight"], out[dst + "ffn.up.bias"] = sd[ff + "linear1.weight"], sd[ff + "linear1.bias"]
     out[dst + "ffn.down.weight"], out[dst + "ffn.down.bias"] = sd[ff + "linear2.weight"], sd[ff + "linear2.bias"]
 
-    w_out = sd[src + ("dual_attn.self_attention.wo.weight" if config.n_heads_sa else
-                      "dual_attn.relational_attention.wo.weight")].new_zeros(d_model, d_model)
-    b_out = w_out.new_zeros(d_model)
+    projections = []  # (weight, bias) of their output projection per head kind, SA first
     if config.n_heads_sa:
         a = src + "dual_attn.self_attention."
         ws = [q_k(sd[a + "wq.weight"]), q_k(sd[a + "wk.weight"]), sd[a + "wv.weight"]]
@@ -146,8 +149,7 @@ def _convert_block(config: DATConfig, sd: dict, i: int, q_k) -> dict[str, torch.
         bs += [q_k(_zeros_if_missing(sd, a + "wk.bias", ws[1].shape[0], ws[1])[:, None])[:, 0]]
         bs += [_zeros_if_missing(sd, a + "wv.bias", ws[2].shape[0], ws[2])]
         out[dst + "mixer.qkv.weight"], out[dst + "mixer.qkv.bias"] = torch.cat(ws), torch.cat(bs)
-        w_out[:sa_width, :sa_width] = sd[a + "wo.weight"]
-        b_out[:sa_width] = _zeros_if_missing(sd, a + "wo.bias", sa_width, b_out)
+        projections.append(_projection(sd, a + "wo."))
     if config.n_heads_ra:
         r, m = src + "dual_attn.relational_attention.", dst + "mixer.relational."
         wq, wk = q_k(sd[r + "wq_attn.weight"]), q_k(sd[r + "wk_attn.weight"])
@@ -157,12 +159,23 @@ def _convert_block(config: DATConfig, sd: dict, i: int, q_k) -> dict[str, torch.
         out[m + "rel.weight"] = torch.cat(rel)
         out[m + "rel.bias"] = out[m + "rel.weight"].new_zeros(out[m + "rel.weight"].shape[0])
         out[m + "symbol_values.weight"] = sd[r + "wv.weight"]
-        out[m + "symbol_values.bias"] = _zeros_if_missing(sd, r + "wv.bias", sd[r + "wv.weight"].shape[0], b_out)
+        out[m + "symbol_values.bias"] = _zeros_if_missing(sd, r + "wv.bias", sd[r + "wv.weight"].shape[0], wk)
         out[m + "w_r"] = sd[r + "wr"].transpose(1, 2)
-        w_out[sa_width:, sa_width:] = sd[r + "wo.weight"]
-        b_out[sa_width:] = _zeros_if_missing(sd, r + "wo.bias", d_model - sa_width, b_out)
-    out[dst + "mixer.out.weight"], out[dst + "mixer.out.bias"] = w_out, b_out
+        projections.append(_projection(sd, r + "wo."))
+    if len(projections) == 2 and config.out_proj == "per_kind":
+        names = ["mixer.out.", "mixer.out_ra."]
+    else:  # one map over all heads: theirs are its diagonal blocks
+        names = ["mixer.out."]
+        projections = [(torch.block_diag(*[w for w, _ in projections]), torch.cat([b for _, b in projections]))]
+    for name, (weight, bias) in zip(names, projections):
+        out[dst + name + "weight"], out[dst + name + "bias"] = weight, bias
     return out
+
+
+def _projection(sd: dict, prefix: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One of their output projections, with a zero bias where it has none."""
+    weight = sd[prefix + "weight"]
+    return weight, _zeros_if_missing(sd, prefix + "bias", weight.shape[0], weight)
 
 
 def convert_dat_checkpoint(in_path: str | Path, out_dir: str | Path) -> DATForCausalLM:

@@ -50,11 +50,12 @@ def build_symbol_retriever(config: DATConfig) -> nn.Module:
 
 
 class DualAttention(nn.Module):
-    """n_heads_sa softmax heads and n_heads_ra relational heads side by side, one output projection.
+    """n_heads_sa softmax heads and n_heads_ra relational heads side by side, then the output projection.
 
-    Heads are d_model / (n_heads_sa + n_heads_ra) wide; the output is out([SA heads ; RA heads]). The
-    self-attention heads are computed exactly as ``CausalSelfAttention`` computes them (same ``qkv``
-    layout), so n_heads_ra=0 is the baseline bit for bit.
+    Heads are d_model / (n_heads_sa + n_heads_ra) wide; the output is out([SA heads ; RA heads]), or with
+    ``out_proj="per_kind"`` [out(SA heads) ; out_ra(RA heads)] (the authors' layout: half the projection's
+    parameters and FLOPs when both kinds have half the heads). The self-attention heads are computed exactly
+    as ``CausalSelfAttention`` computes them (same ``qkv`` layout), so n_heads_ra=0 is the baseline bit for bit.
     """
 
     def __init__(self, config: DATConfig, layer_idx: int, symbol_retriever: nn.Module | None):
@@ -81,8 +82,15 @@ class DualAttention(nn.Module):
                 bias=config.bias,
                 dropout=config.dropout,
             )
-        self.out = nn.Linear(config.d_model, config.d_model, bias=config.bias)
+        per_kind = config.out_proj == "per_kind" and self.n_sa and self.n_ra
+        sa_width = self.n_sa * self.head_dim if per_kind else config.d_model
+        self.out = nn.Linear(sa_width, sa_width, bias=config.bias)
         self.out.is_residual_projection = True
+        if per_kind:
+            ra_width = self.n_ra * self.head_dim
+            self.out_ra = nn.Linear(ra_width, ra_width, bias=config.bias)
+            self.out_ra.is_residual_projection = True
+        self.per_kind = bool(per_kind)
         self.norm: nn.Module | None = None  # the block's pre-norm, handed over by DATForCausalLM when n_ra > 0
         # Shared by every layer and registered once, on the model: keep it out of this module's children.
         self._symbol_retriever = (symbol_retriever,)
@@ -98,8 +106,11 @@ class DualAttention(nn.Module):
         if self.n_ra:
             heads.append(self.relational(x, symbols, ctx))
         outputs, weights = zip(*heads)
+        weights = torch.cat(weights, dim=1) if ctx.output_attentions else None
+        if self.per_kind:
+            return torch.cat([self.out(outputs[0]), self.out_ra(outputs[1])], dim=-1), weights
         y = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=-1)
-        return self.out(y), torch.cat(weights, dim=1) if ctx.output_attentions else None
+        return self.out(y), weights
 
     def _self_attention(self, x: torch.Tensor, ctx: MixerContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         q, k, v = split_heads(self.qkv(x), self.n_sa, self.kv_sa, self.head_dim)
