@@ -223,11 +223,13 @@ class RelationalAttention(nn.Module):
         by_blocks = self.activation == "identity" and not self.relative_symbols and not ctx.output_attentions
         if by_blocks:
             values = torch.cat([sym.view(batch, -1, Hkv, D).transpose(1, 2), self._shared(k_rel, q.dtype)], dim=-1)
-            blocks = [self._attend_rows(q, k, values, ctx, slice(start, min(start + DIRECT_BLOCK_ROWS, seq)))[0]
-                      for start in range(0, seq, DIRECT_BLOCK_ROWS)]
-            summed = blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)
-            y, attended_keys = summed[..., :D], summed[..., D:]
-            return y + self._contract(q_rel, attended_keys) @ self.w_r, None
+            blocks = []
+            for start in range(0, seq, DIRECT_BLOCK_ROWS):
+                rows = slice(start, min(start + DIRECT_BLOCK_ROWS, seq))
+                summed = self._attend_rows(q, k, values, ctx, rows)[0]  # each block finished on its own:
+                y, attended_keys = summed[..., :D], summed[..., D:]  # no N-long copy of the wide sums
+                blocks.append(y + self._contract(q_rel[:, rows], attended_keys) @ self.w_r)
+            return (blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=2)), None
         kv_len = k.shape[-2]
         values = sym.view(batch, kv_len, Hkv, D).transpose(1, 2) if not self.relative_symbols else None
         if self.activation == "identity":
