@@ -142,7 +142,7 @@ def test_matched_parameter_count_changes_width_only():
 
 def test_every_checked_in_suite_is_valid():
     names = available_suites()
-    assert {"cpu-small", "gpu-full", "compare-shakespeare", "leap", "dat", "lsw", "moa"} <= set(names)
+    assert {"cpu-small", "gpu-full", "compare-shakespeare", "leap", "dat", "dat-343m", "lsw", "moa"} <= set(names)
     for name in names:
         try:
             cfg = BenchConfig.from_dict(load_suite(name, "bench"))
@@ -166,6 +166,12 @@ def test_family_suites_schedule_what_the_issues_ask():
     assert authors.reference == "dual-attention" and authors.family == "dat"
     assert all(t["min"] == 1.5 and t["value"].split()[0] in ("dat-authors", "dat-released-authors")
                for t in dat.targets)
+    released = BenchConfig.from_dict(load_suite("dat-343m", "bench"))  # the released 343M's own layer shape
+    ours, theirs = [r.config for r in resolve_models(released)[0] if r.spec.label in ("dat", "dat-authors")]
+    preset = build_config("dat", "343m", n_layers=12).to_dict()
+    assert ours.to_dict() == theirs.to_dict() == preset
+    assert [(t["value"], t["over"]) for t in released.targets] == [
+        ("dat-authors train 512", "dat train 512"), ("dat-authors train 1024", "dat train 1024")]
     lsw = BenchConfig.from_dict(load_suite("lsw", "bench"))
     assert [s.label for s in parse_model_specs(lsw.models)[0] if lsw.plan(s).train_with_cache] == [
         "lsw-xl", "lsw-xl-simctg"]

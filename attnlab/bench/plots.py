@@ -32,12 +32,18 @@ def _null_locator():
     return NullLocator()
 
 
-def _draw(ax, rows: list[dict[str, Any]], kinds: dict[str, str], field: str, ylabel: str, scale: float) -> bool:
-    """One line per (model, kind), with the IQR as error bars; False when there was nothing to draw."""
+def _series(rows: list[dict[str, Any]], kinds: dict[str, str], field: str) -> dict[tuple[str, str], list[dict]]:
+    """The measured rows of a panel, by (model, kind)."""
     series: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for row in rows:
         if row["kind"] in kinds and row.get("status") == "ok" and row.get(field) is not None:
             series[(row["model"], row["kind"])].append(row)
+    return series
+
+
+def _draw(ax, rows: list[dict[str, Any]], kinds: dict[str, str], field: str, ylabel: str, scale: float) -> bool:
+    """One line per (model, kind), with the IQR as error bars; False when there was nothing to draw."""
+    series = _series(rows, kinds, field)
     colors: dict[str, str] = {}
     for (model, kind), points in series.items():
         points.sort(key=lambda r: r["seq_len"])
@@ -76,20 +82,20 @@ def write_bench_plots(rows: list[dict[str, Any]], out_dir: Path, subtitle: str) 
             fig.savefig(out_dir / name, dpi=120)
             written.append(out_dir / name)
         plt.close(fig)
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    drawn = False
-    for ax, (_, title, kinds, field, ylabel, scale) in zip(axes.flat, PANELS):
-        if _draw(ax, rows, kinds, field, ylabel, scale):
+    present = [panel for panel in PANELS if _series(rows, panel[2], panel[3])]
+    if present:  # the panels with data, two per row
+        n_rows, n_cols = (len(present) + 1) // 2, min(len(present), 2)
+        fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.5 * n_cols, 4 * n_rows), squeeze=False)
+        for ax, (_, title, kinds, field, ylabel, scale) in zip(axes.flat, present):
+            _draw(ax, rows, kinds, field, ylabel, scale)
             ax.set_title(title, fontsize=9)
-            drawn = True
-        else:
+        for ax in axes.flat[len(present):]:
             ax.set_axis_off()
-    if drawn:
         fig.suptitle(subtitle, fontsize=9)
         fig.tight_layout()
         fig.savefig(out_dir / "summary.png", dpi=110)
         written.append(out_dir / "summary.png")
-    plt.close(fig)
+        plt.close(fig)
     return written
 
 
