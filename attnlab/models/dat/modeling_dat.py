@@ -82,15 +82,14 @@ class DualAttention(nn.Module):
                 bias=config.bias,
                 dropout=config.dropout,
             )
-        per_kind = config.out_proj == "per_kind" and self.n_sa and self.n_ra
-        sa_width = self.n_sa * self.head_dim if per_kind else config.d_model
+        self.per_kind = config.out_proj == "per_kind" and self.n_sa > 0 and self.n_ra > 0
+        sa_width = self.n_sa * self.head_dim if self.per_kind else config.d_model
         self.out = nn.Linear(sa_width, sa_width, bias=config.bias)
         self.out.is_residual_projection = True
-        if per_kind:
+        if self.per_kind:
             ra_width = self.n_ra * self.head_dim
             self.out_ra = nn.Linear(ra_width, ra_width, bias=config.bias)
             self.out_ra.is_residual_projection = True
-        self.per_kind = bool(per_kind)
         self.norm: nn.Module | None = None  # the block's pre-norm, handed over by DATForCausalLM when n_ra > 0
         # Shared by every layer and registered once, on the model: keep it out of this module's children.
         self._symbol_retriever = (symbol_retriever,)
