@@ -24,6 +24,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..errors import ConfigError
 from ..models.config import AttnLabConfig
+from ..models.hf_compat import one_cache
 
 IGNORE_INDEX = -100  # what our losses skip (transformers' convention)
 
@@ -78,7 +79,7 @@ class ReferenceLM(nn.Module):
     ) -> CausalLMOutputWithPast:
         """``labels`` are the inputs (shifted here, as transformers does), ``shift_labels`` already the next
         tokens; ``use_cache`` is ignored (no cache: every call processes the whole input)."""
-        if cache is not None or past_key_values is not None:
+        if one_cache(cache, past_key_values) is not None:
             raise ValueError(f"{self.reference.name} has no KV cache")
         logits, loss = self.reference.call(self.model, input_ids, _targets(labels, shift_labels))
         if logits_to_keep:
