@@ -5,7 +5,8 @@ Python data (lists of floats, no tensors), so the same result feeds the web app 
 or a file (``export_json``). Everything is recomputed from the model's own modules and weights through forward
 hooks; no model code is changed, so what you see is exactly what the forward pass computed.
 
-Per layer, depending on the family:
+Per layer, what the family's model says it shows (``analysis_probes``/``analysis_layers`` of
+``AttnLabForCausalLM``; the default is the softmax maps):
 
 - ``attention``: softmax attention maps (heads, queries, keys); rows sum to 1. GPT heads; DAT self-attention
   *and* relational heads (α); LSW over [registers; memory; tokens]; MoA the metric MHA probabilities.
@@ -23,7 +24,6 @@ Plus ``next_token``: the top-k next-token distribution at every position (``posi
 from __future__ import annotations
 
 import json
-import math
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -31,12 +31,11 @@ from typing import Any, Iterator
 import torch
 
 from .errors import ConfigError
-from .layers.attention import split_heads
 
 DIGITS = 5  # rounding of exported floats: plenty for a heatmap, keeps the JSON small
 
 
-def _round(t: torch.Tensor) -> Any:
+def to_json(t: torch.Tensor) -> Any:
     """Tensor → nested lists of rounded floats; non-finite entries become None (JSON null)."""
     t = t.detach().double().cpu()
     finite = torch.isfinite(t)
@@ -126,11 +125,8 @@ def analyze(model, tokenizer, prompt: str, *, position: int | None = None, top_k
     if not -T <= pos < T:
         raise ConfigError(f"position {position} is outside the prompt (0..{T - 1})")
     pos %= T
-    family = family_of(model)
-    collect = {"dat": _dat_hooks, "moa": _moa_hooks}.get(family)
     records: dict[str, Any] = {}
-    pairs = collect(model, records) if collect else []
-    with _hooks(pairs):
+    with _hooks(model.analysis_probes(records)):
         out = model(ids.to(device), output_attentions=True, use_cache=False)
     ids_list = ids[0].tolist()
     tokens = token_labels(tokenizer, ids_list)
@@ -142,28 +138,11 @@ def analyze(model, tokenizer, prompt: str, *, position: int | None = None, top_k
          for p, i in zip(top.values[t], top.indices[t])]
         for t in range(T)
     ]
-    layers = []
-    attentions = out.attentions or ()
-    for index in range(model.config.n_layers):
-        layer: dict[str, Any] = {"layer": index}
-        weights = attentions[index] if index < len(attentions) else None
-        if family == "leap":
-            layer["focus_logits"] = _round(weights[0]) if weights is not None else None
-        elif weights is not None:
-            layer["attention"] = _attention_entry(model, family, weights[0], tokens)
-        layers.append(layer)
-    if family == "leap":
-        windows = list(model.config.layer_windows)
-        for layer, alpha, window in zip(layers, model.explain(ids.to(device)), windows):
-            layer["importance"] = {"weights": _round(alpha[0]), "window": window,
-                                   "head_labels": [f"head {h}" for h in range(alpha.shape[1])]}
-    elif family == "dat":
-        for layer, entry in zip(layers, records.get("dat", [])):
-            layer.update(entry)
-    elif family == "moa":
-        _moa_finish(model, layers, records, tokens)
+    attentions = list(out.attentions or ())
+    attentions += [None] * (model.config.n_layers - len(attentions))
+    layers = model.analysis_layers(ids.to(device), attentions, records, tokens)
     return {
-        "family": family,
+        "family": family_of(model),
         "model_type": model.config.model_type,
         "n_layers": model.config.n_layers,
         "n_heads": model.config.n_heads,
@@ -178,138 +157,9 @@ def analyze(model, tokenizer, prompt: str, *, position: int | None = None, top_k
     }
 
 
-def _attention_entry(model, family: str, weights: torch.Tensor, tokens: list[str]) -> dict[str, Any]:
-    """Softmax maps (heads, T, S) with head and key labels (LSW keys: registers, memory, then tokens)."""
-    H, T, S = weights.shape
-    keys = list(tokens)
-    heads = [f"head {h}" for h in range(H)]
-    if family == "lsw":
-        registers = model.config.n_registers
-        memory = S - T - registers
-        keys = [f"[reg {r}]" for r in range(registers)] + [f"[mem {m}]" for m in range(memory)] + keys
-    elif family == "dat":
-        n_sa = model.config.n_heads_sa
-        heads = [f"SA {h}" for h in range(n_sa)] + [f"RA {h}" for h in range(H - n_sa)]
-    elif family == "moa":
-        heads = [f"metric MHA {h}" for h in range(H)]
-    return {"weights": _round(weights), "head_labels": heads, "key_labels": keys}
-
-
-# ------------------------------------------------------------------------------------------------ DAT
-def _dat_hooks(model, records: dict[str, Any]) -> list[tuple[torch.nn.Module, Any]]:
-    """Recompute, from each layer's weights and inputs, the relation vectors and the retrieved symbols."""
-    from .layers.relational import RELATION_ACTIVATIONS, RelationalAttention
-    from .layers.symbols import PositionalSymbols, RelativeSymbols, SymbolicAttention
-
-    entries: list[dict[str, Any]] = []
-    records["dat"] = entries
-    pending: dict[str, Any] = {}
-
-    def on_symbols(module, args, kwargs, output):
-        x, ctx = args[0], args[1] if len(args) > 1 else kwargs.get("ctx")
-        if isinstance(module, SymbolicAttention):
-            q = module.q_proj(x)[0]  # (T, d)
-            H = module.n_heads
-            qh = q.view(q.shape[0], H, -1).transpose(0, 1)  # (H, T, dh)
-            th = module.templates.to(q.dtype).view(module.templates.shape[0], H, -1).transpose(0, 1)
-            w = (qh @ th.transpose(-2, -1) / math.sqrt(qh.shape[-1])).softmax(-1)  # (H, T, n_symbols)
-            pending["symbols"] = {"kind": "symbolic_attention", "weights": _round(w),
-                                  "assigned": w.argmax(-1).tolist(),
-                                  "head_labels": [f"symbol head {h}" for h in range(H)]}
-        elif isinstance(module, PositionalSymbols):
-            pending["symbols"] = {"kind": "positional", "assigned": [ctx.position_ids[0].tolist()]}
-        elif isinstance(module, RelativeSymbols):
-            pending["symbols"] = {"kind": "position_relative", "max_rel_pos": module.max_rel_pos}
-
-    def on_relational(module, args, kwargs, output):
-        x = args[0]
-        q_rel, k_rel = module._relation_maps(x)
-        T, L, P = x.shape[1], module.n_relations, module.rel_proj_dim
-        q_l = q_rel[0].view(T, L, P).transpose(0, 1)
-        k_l = k_rel[0].view(T, L, P).transpose(0, 1)
-        r = q_l @ k_l.transpose(-2, -1) / math.sqrt(P)  # (d_r, T, T)
-        act = RELATION_ACTIVATIONS[module.activation]
-        if act is not None:
-            r = act(r)
-        future = torch.ones(T, T, dtype=torch.bool, device=r.device).triu(1)
-        r = r.masked_fill(future, float("nan"))
-        entry = {"relations": {"values": _round(r), "labels": [f"relation {l}" for l in range(L)],
-                               "activation": module.activation, "symmetric": module.symmetric}}
-        if "symbols" in pending:
-            entry["symbols"] = pending.pop("symbols")
-        entries.append(entry)
-
-    pairs = []
-    retriever = getattr(model, "symbol_retriever", None)
-    if retriever is not None:
-        pairs.append((retriever, on_symbols))
-    pairs += [(m, on_relational) for m in model.modules() if isinstance(m, RelationalAttention)]
-    return pairs
-
-
-# ------------------------------------------------------------------------------------------------ MoA
-def _moa_hooks(model, records: dict[str, Any]) -> list[tuple[torch.nn.Module, Any]]:
-    """Router weights and gates, FFN branch weights, and each metric head's ball membership per key."""
-    from .layers.metric_attention import MetricAttention
-
-    records.update(heads=[], gates=[], branches=[], branch_probs=[], balls={})
-
-    def on_router(module, args, kwargs, routing):
-        records["heads"].append(routing.weights[0].float())
-        records["gates"].append(routing.gates[0].float())
-
-    def on_ffn(module, args, kwargs, output):
-        x = args[0]
-        records["branches"].append(module.branch_weights(x)[0].float())
-        probs = module.router(x).float().softmax(-1) if module.router is not None else None
-        records["branch_probs"].append(probs[0] if probs is not None else None)
-
-    def on_metric(name):
-        def hook(module, args, kwargs, output):
-            if not module.use_balls:
-                return
-            _, k, _ = split_heads(module.qkv(args[0]), module.n_heads, module.n_kv_heads, module.head_dim)
-            if module.rotary is not None:
-                from .layers.rotary import apply_rotary
-
-                ctx = args[1] if len(args) > 1 else kwargs["ctx"]
-                k = apply_rotary(k, *module.rotary(ctx.position_ids))
-            inside = torch.isfinite(module.ball_bias(k))[0, :, 0]  # (H, S)
-            records["balls"][name] = inside
-        return hook
-
-    pairs = []
-    for layer in model.model.layers:
-        pairs.append((layer.mixer.router, on_router))
-        pairs.append((layer.ffn, on_ffn))
-        for kind, head in layer.mixer.heads.items():
-            if isinstance(head, MetricAttention):
-                pairs.append((head, on_metric(f"{len(pairs)}:{kind}")))
-    return pairs
-
-
-def _moa_finish(model, layers: list[dict[str, Any]], records: dict[str, Any], tokens: list[str]) -> None:
-    from .layers.hyperffn import BRANCHES
-    from .models.moa.modeling_moa import HEAD_TYPES
-
-    ball_items = list(records["balls"].items())
-    per_layer = len(ball_items) // max(1, len(layers))
-    for index, layer in enumerate(layers):
-        routing = {"head_types": list(HEAD_TYPES), "heads": _round(records["heads"][index]),
-                   "gates": _round(records["gates"][index]), "branch_names": list(BRANCHES),
-                   "branches": _round(records["branches"][index])}
-        probs = records["branch_probs"][index]
-        if probs is not None:
-            routing["branch_probs"] = _round(probs)
-        layer["routing"] = routing
-        balls = []
-        for name, inside in ball_items[index * per_layer:(index + 1) * per_layer]:
-            kind = name.split(":", 1)[1]
-            for h in range(inside.shape[0]):
-                pruned = (~inside[h]).nonzero().flatten().tolist()
-                balls.append({"head": f"{kind} {h}", "inside": inside[h].tolist(), "pruned": pruned,
-                              "pruned_tokens": [tokens[j] for j in pruned]})
-        layer["balls"] = balls
+def attention_entry(weights: torch.Tensor, head_labels: list[str], key_labels: list[str]) -> dict[str, Any]:
+    """Softmax maps (heads, T, S) of one layer with a label per head and per key, as JSON-ready data."""
+    return {"weights": to_json(weights), "head_labels": head_labels, "key_labels": key_labels}
 
 
 # --------------------------------------------------------------------------------------- export, generate
@@ -344,4 +194,4 @@ def generate(model, tokenizer, prompt: str, *, max_new_tokens: int = 40, greedy:
     return {"prompt": prompt, "continuation": continuation, "text": prompt + continuation}
 
 
-__all__ = ["analyze", "encode", "export_json", "generate", "token_labels"]
+__all__ = ["analyze", "attention_entry", "encode", "export_json", "generate", "to_json", "token_labels"]

@@ -123,7 +123,7 @@ def _fit_context(config, ids: torch.Tensor, new: int) -> tuple[torch.Tensor, int
 
 def info(run: str | Path | None = None, model: str = "gpt", preset: str = "tiny", **overrides) -> dict[str, Any]:
     """``attnlab info``: parameter counts (total, without embeddings, per component) and the config."""
-    from .inspect import describe
+    from .summary import describe
 
     return describe(None if run is None else str(run), model, preset, overrides)
 

@@ -11,6 +11,7 @@ import attnlab
 from attnlab.analysis import analyze, export_json, generate
 from attnlab.data import build_tokenizer
 from attnlab.errors import ConfigError
+from attnlab.ops.relational.forms import contract
 
 PROMPT = "To be, or not to be"
 T = len(PROMPT.encode())
@@ -107,9 +108,9 @@ def test_dat_relations_match_direct_form(tok):
     with torch.no_grad():
         model(ids, use_cache=False)
     handle.remove()
-    q_rel, k_rel = rel._relation_maps(captured["x"])
+    q_rel, k_rel = rel.relation_maps(captured["x"])
     with torch.no_grad():
-        expected = rel._contract(q_rel, alpha[None] @ k_rel[:, None])[0]
+        expected = contract(q_rel, alpha[None] @ k_rel[:, None], rel.n_relations)[0]
     assert torch.allclose(mixed, expected, atol=1e-3)
 
 

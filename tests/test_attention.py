@@ -1,30 +1,14 @@
 """Causal softmax attention (MHA/GQA/MQA, RoPE, cache, masks) against loops written from the formulas."""
 
-import math
-
 import pytest
 import torch
 
 from attnlab.layers import CausalSelfAttention, MixerContext, RotaryEmbedding, attention_bias_mask
+from attnlab.ops.attention.naive import naive_attention, naive_rope
 
 
-def naive_rope(x, positions, theta=10000.0):
-    """Rotate each pair (x_k, x_{k+d/2}) by the angle position · theta^(-2k/d), one element at a time."""
-    out = x.clone()
-    d = x.shape[-1]
-    for b in range(x.shape[0]):
-        for t in range(x.shape[2]):
-            p = positions[b, t].item()
-            for k in range(d // 2):
-                a = p * theta ** (-2 * k / d)
-                x1, x2 = x[b, :, t, k], x[b, :, t, k + d // 2]
-                out[b, :, t, k] = x1 * math.cos(a) - x2 * math.sin(a)
-                out[b, :, t, k + d // 2] = x1 * math.sin(a) + x2 * math.cos(a)
-    return out
-
-
-def naive_attention(attn: CausalSelfAttention, x, positions=None):
-    """softmax(q·k/√d) v over j ≤ i, per head, with key head h // (H / H_kv): a double loop in fp64."""
+def naive_layer(attn: CausalSelfAttention, x, positions=None):
+    """The layer from its weights: projections, then the naive RoPE and attention references, in fp64."""
     B, T, _ = x.shape
     H, Hkv, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
     qkv = x @ attn.qkv.weight.T + attn.qkv.bias
@@ -32,16 +16,8 @@ def naive_attention(attn: CausalSelfAttention, x, positions=None):
     k = qkv[..., H * D : H * D + Hkv * D].view(B, T, Hkv, D).transpose(1, 2)
     v = qkv[..., H * D + Hkv * D :].view(B, T, Hkv, D).transpose(1, 2)
     if positions is not None:
-        q, k = naive_rope(q, positions), naive_rope(k, positions)
-    y = torch.zeros(B, H, T, D, dtype=x.dtype)
-    for b in range(B):
-        for h in range(H):
-            g = h // (H // Hkv)
-            for i in range(T):
-                scores = torch.stack([q[b, h, i] @ k[b, g, j] / math.sqrt(D) for j in range(i + 1)])
-                w = scores.softmax(0)
-                y[b, h, i] = sum(w[j] * v[b, g, j] for j in range(i + 1))
-    y = y.transpose(1, 2).reshape(B, T, H * D)
+        q, k = naive_rope(q, positions[:, None]), naive_rope(k, positions[:, None])
+    y = naive_attention(q, k, v).transpose(1, 2).reshape(B, T, H * D)
     return y @ attn.out.weight.T + attn.out.bias
 
 
@@ -54,7 +30,7 @@ def test_attention_matches_naive_loop(n_kv_heads, rope):
     ctx = MixerContext(position_ids=positions, rope=RotaryEmbedding(4)(positions) if rope else None)
     ctx.rope = tuple(t.double() for t in ctx.rope) if rope else None
     got, _ = attn(x, ctx)
-    want = naive_attention(attn, x, positions if rope else None)
+    want = naive_layer(attn, x, positions if rope else None)
     tol = 1e-6 if rope else 1e-10  # RoPE angles are computed in fp32 by design (bf16-safe, fast)
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 

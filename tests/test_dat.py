@@ -9,11 +9,13 @@ import torch
 import attnlab
 from attnlab.errors import ConfigError
 from attnlab.bench.specs import count_params
-from attnlab.inspect import count_parameters
+from attnlab.summary import count_parameters
 from attnlab.models.hf_compat import output_cache
 from attnlab.layers import MixerContext, RotaryEmbedding
-from attnlab.layers import relational
-from attnlab.layers.relational import RELATION_ACTIVATIONS
+from attnlab.ops.relational import forms as relational
+from attnlab.layers.relational import FUSED_FROM_KEYS, RELATION_ACTIVATIONS
+from attnlab.ops.attention.naive import naive_rope
+from attnlab.ops.relational.naive import naive_relational, naive_symbolic_attention
 
 RETRIEVERS = ["symbolic_attention", "positional", "position_relative"]
 FORMS = ["fused", "direct", "direct-blocks"]  # direct-blocks: the direct form by blocks of 3 queries
@@ -43,56 +45,16 @@ def naive_symbols(model, x, positions):
         return retriever.table
     if config.symbol_retrieval == "positional":
         return retriever.library.weight[positions]
-    B, T, d = x.shape
-    heads, dh = config.symbol_heads, d // config.symbol_heads
-    out = torch.zeros_like(x)
-    for b in range(B):
-        for j in range(T):
-            q = linear(retriever.q_proj, x[b, j])
-            for h in range(heads):
-                cols = slice(h * dh, (h + 1) * dh)
-                w = torch.stack([q[cols] @ t[cols] / math.sqrt(dh) for t in retriever.templates]).softmax(0)
-                out[b, j, cols] = sum(w[k] * retriever.library[k, cols] for k in range(len(w)))
-    return out
+    return naive_symbolic_attention(x, q_weight=retriever.q_proj.weight, q_bias=retriever.q_proj.bias,
+                                    templates=retriever.templates, library=retriever.library,
+                                    n_heads=config.symbol_heads)
 
 
-def naive_rope(v, p, theta=10000.0):
-    d = v.shape[-1]
-    out = v.clone()
-    for k in range(d // 2):
-        a = p * theta ** (-2 * k / d)
-        out[k] = v[k] * math.cos(a) - v[k + d // 2] * math.sin(a)
-        out[k + d // 2] = v[k] * math.sin(a) + v[k + d // 2] * math.cos(a)
-    return out
-
-
-def naive_relational(ra, x, symbols, rope, relative_max=None):
-    """A_i^h = Σ_{j≤i} α_ij^h (r_ij W_r^h + s_j W_s^h), α = softmax_j ⟨q_h(x_i), k_h(x_j)⟩/√D,
-    r_ij^ℓ = f(⟨φ_q^ℓ(x_i), φ_k^ℓ(x_j)⟩/√p): every vector and inner product on its own."""
-    B, T, _ = x.shape
-    H, Hkv, D, L, P = ra.n_heads, ra.n_kv_heads, ra.head_dim, ra.n_relations, ra.rel_proj_dim
-    f = RELATION_ACTIVATIONS[ra.activation] or (lambda t: t)
-    out = torch.zeros(B, T, H * D, dtype=x.dtype)
-    for b in range(B):
-        qk = [linear(ra.qk, x[b, t]) for t in range(T)]
-        rel = [linear(ra.rel, x[b, t]) for t in range(T)]
-        phi_q = [r[: L * P] for r in rel]
-        phi_k = phi_q if ra.symmetric else [r[L * P :] for r in rel]
-        for h in range(H):
-            g = h // (H // Hkv)
-            for i in range(T):
-                q = qk[i][h * D : (h + 1) * D]
-                keys = [qk[j][H * D + g * D : H * D + (g + 1) * D] for j in range(i + 1)]
-                if rope:
-                    q, keys = naive_rope(q, i), [naive_rope(k, j) for j, k in enumerate(keys)]
-                alpha = torch.stack([q @ k / math.sqrt(D) for k in keys]).softmax(0)
-                for j in range(i + 1):
-                    r = torch.stack([f(phi_q[i][l * P : (l + 1) * P] @ phi_k[j][l * P : (l + 1) * P] / math.sqrt(P))
-                                     for l in range(L)])
-                    s = symbols[min(i - j, relative_max)] if relative_max is not None else symbols[b, j]
-                    s_proj = linear(ra.symbol_values, s)[g * D : (g + 1) * D]
-                    out[b, i, h * D : (h + 1) * D] += alpha[j] * (r @ ra.w_r[h] + s_proj)
-    return out
+def relational_weights(ra):
+    """The weights of a ``RelationalAttention`` under the names of ``naive_relational``."""
+    return dict(qk_weight=ra.qk.weight, qk_bias=ra.qk.bias, rel_weight=ra.rel.weight, rel_bias=ra.rel.bias,
+                symbol_weight=ra.symbol_values.weight, symbol_bias=ra.symbol_values.bias, w_r=ra.w_r,
+                symmetric=ra.symmetric, activation=RELATION_ACTIVATIONS[ra.activation])
 
 
 def naive_dual_attention(model, layer, x, rope):
@@ -120,7 +82,8 @@ def naive_dual_attention(model, layer, x, rope):
                     y[b, i, hd * D : (hd + 1) * D] = sum(w[j] * vs[j] for j in range(i + 1))
         heads.append(y)
     rel_max = config.max_rel_pos if config.symbol_retrieval == "position_relative" else None
-    heads.append(naive_relational(mixer.relational, h, symbols, rope, rel_max))
+    heads.append(naive_relational(h, symbols, **relational_weights(mixer.relational), rope=rope,
+                                  relative_max=rel_max))
     if config.out_proj == "per_kind" and len(heads) == 2:  # [out(SA heads) ; out_ra(RA heads)]
         return torch.cat([heads[0] @ mixer.out.weight.T + mixer.out.bias,
                           heads[1] @ mixer.out_ra.weight.T + mixer.out_ra.bias], -1)
@@ -184,7 +147,7 @@ def test_symmetric_relations_are_symmetric():
     for symmetric in (True, False):
         ra = make(symmetric_rels=symmetric).model.layers[0].mixer.relational
         x = torch.randn(5, 32, dtype=torch.float64)
-        q, k = ra._relation_maps(x)
+        q, k = ra.relation_maps(x)
         q, k = q.view(5, ra.n_relations, -1).transpose(0, 1), k.view(5, ra.n_relations, -1).transpose(0, 1)
         r = q @ k.transpose(-1, -2)  # r[ℓ, i, j]
         assert torch.allclose(r, r.transpose(-1, -2)) == symmetric
@@ -363,7 +326,7 @@ def test_converter_refuses_what_has_no_twin(tmp_path):
 
 def test_auto_form_is_direct_below_the_devices_threshold_and_fused_from_it():
     ra = make().model.layers[0].mixer.relational
-    for device, keys in relational.FUSED_FROM_KEYS.items():
+    for device, keys in FUSED_FROM_KEYS.items():
         assert not ra.uses_fused_form(keys - 1, keys - 1, False, device)
         assert ra.uses_fused_form(1, keys, False, device)  # decoding one token after keys - 1 cached ones
         assert not ra.uses_fused_form(keys, keys, True, device)  # attention weights need α itself

@@ -7,7 +7,7 @@ import torch
 
 import attnlab
 from attnlab.errors import ConfigError
-from attnlab.inspect import count_parameters
+from attnlab.summary import count_parameters
 from attnlab.models.dat.convert import convert_authors_state_dict, dat_config_from_authors
 from attnlab.models.dat.reference import authors_kwargs, build_authors_model
 

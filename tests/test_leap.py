@@ -1,4 +1,5 @@
-"""LEAP: the stable cumulative-sum kernels, the mixers and the model against loops written from the seed's math."""
+"""LEAP: the stable cumulative-sum kernels, the mixers and the model against loops written from the math of
+the LEAP package description and leap-transformer 1.0."""
 
 import math
 
@@ -11,43 +12,10 @@ from attnlab.layers import MixerContext
 from attnlab.layers.leap import CausalFastformer, LeapAttention
 from attnlab.models.hf_compat import CACHE_FIELD
 from attnlab.ops.leap import additive_attention, window_weights
+from attnlab.ops.leap.naive import dense_reference, naive_additive
 
 WINDOWS = [1, 2, 3, 5, 7, 8, 11, 16, 36, 37, 100, None]  # k=1, k ≤ chunk (band), k > chunk (with and
 # without a chunk-sized divisor, one or two row groups), k = T, k > T, global
-
-
-def naive_additive(scores, values, window=None, mask=None):
-    """Eq. 4 and 9 of the seed, one position at a time in fp64:
-    g_i = Σ_{l=max(i-k+1,0)}^{i} exp(s_l) x_l / Σ_{l=max(i-k+1,0)}^{i} exp(s_l), padded tokens left out."""
-    *lead, length = scores.shape
-    s = scores.detach().double().reshape(-1, length)
-    v = values.detach().double().reshape(-1, length, values.shape[-1])
-    m = None if mask is None else mask.expand_as(scores).reshape(-1, length)
-    out = torch.zeros_like(v)
-    for r in range(s.shape[0]):
-        for i in range(length):
-            first = 0 if window is None else max(i - window + 1, 0)
-            window_ids = [l for l in range(first, i + 1) if m is None or m[r, l]]
-            if window_ids:
-                den = sum(math.exp(s[r, l]) for l in window_ids)
-                out[r, i] = sum(math.exp(s[r, l]) * v[r, l] for l in window_ids) / den
-    return out.reshape(*lead, length, values.shape[-1])
-
-
-def dense_reference(scores, values, window=None, rows=1024):
-    """Eq. 4/9 for long inputs in fp64: an explicit masked softmax per block of query rows (O(T²) work)."""
-    s, v = scores.double(), values.double()
-    length = s.shape[-1]
-    out = torch.empty(*s.shape, v.shape[-1], dtype=torch.float64)
-    for r0 in range(0, length, rows):
-        r1 = min(r0 + rows, length)
-        c0 = 0 if window is None else max(r0 - window + 1, 0)
-        i = torch.arange(r0, r1)[:, None]
-        l = torch.arange(c0, r1)[None, :]
-        allowed = (l <= i) & (True if window is None else l > i - window)
-        w = s[..., None, c0:r1].masked_fill(~allowed, float("-inf")).softmax(-1)
-        out[..., r0:r1, :] = w @ v[..., c0:r1, :]
-    return out
 
 
 # ---------------------------------------------------------------- kernels
@@ -109,9 +77,9 @@ def test_window_weights_sum_to_one_over_each_window_and_reproduce_the_kernel():
 
 
 # Stability on 16k tokens. Scores ~ N(0, 300²) overflow exp() in fp32 (and the window difference of the
-# seed's cumulative sums cancels). Tolerances: fp32 inputs carry a relative error of 2^-24·|s| ≈ 2e-5 into
-# every weight, so outputs (|v| ≲ 4) agree to 1e-4; under bf16 autocast the kernel still computes in fp32
-# and only its bf16 output is rounded (2^-8 relative), so 2e-2 absolute.
+# package description's cumulative sums cancels). Tolerances: fp32 inputs carry a relative error of
+# 2^-24·|s| ≈ 2e-5 into every weight, so outputs (|v| ≲ 4) agree to 1e-4; under bf16 autocast the kernel
+# still computes in fp32 and only its bf16 output is rounded (2^-8 relative), so 2e-2 absolute.
 LONG = 16384
 
 
@@ -136,8 +104,9 @@ def test_stable_on_16k_tokens_in_fp32_and_bf16_autocast(long_inputs, window):
     torch.testing.assert_close(got16.double(), dense_reference(s16, v16, window), rtol=0, atol=2e-2)
 
 
-def test_the_seeds_exp_then_cumsum_form_breaks_where_ours_does_not(long_inputs):
-    """Why the running max: the seed's eq. 10 evaluated literally is inf/NaN on these scores."""
+def test_the_descriptions_exp_then_cumsum_form_breaks_where_ours_does_not(long_inputs):
+    """Why the running max: eq. 10 of the LEAP package description, evaluated literally, is inf/NaN on
+    these scores."""
     scores, values = long_inputs
     e = scores.exp()[..., None]
     num, den = (e * values).cumsum(-2), e.cumsum(-2)
@@ -297,7 +266,7 @@ def test_bf16_autocast_trains_without_overflow():
     assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
 
 
-def test_config_defaults_follow_the_seed():
+def test_config_defaults_follow_leap_transformer():
     config = attnlab.build_config("leap", "paper")
     assert config.layer_windows == [4, 8, 16, 32, 64, None]
     assert config.dropout == 0.1 and config.pos == "learned" and config.tie_word_embeddings

@@ -8,25 +8,15 @@ import torch.nn.functional as F
 
 import attnlab
 from attnlab.errors import ConfigError
-from attnlab.inspect import describe
+from attnlab.summary import describe
 from attnlab.layers.lsw_attention import lsw_attention_mask
 from attnlab.layers.rotary import apply_rotary
+from attnlab.ops.attention.naive import naive_rope
 
 
 def make(**overrides):
     torch.manual_seed(0)
     return attnlab.create_model("lsw", "debug", **overrides).eval().double()
-
-
-def rotate(x: torch.Tensor, position: float, theta: float) -> torch.Tensor:
-    """RoPE straight from the definition: pair (m, m + d/2) turned by position · theta^(-2m/d)."""
-    half = x.shape[-1] // 2
-    out = x.clone()
-    for m in range(half):
-        angle = position * theta ** (-2 * m / x.shape[-1])
-        c, s = math.cos(angle), math.sin(angle)
-        out[m], out[m + half] = x[m] * c - x[m + half] * s, x[m] * s + x[m + half] * c
-    return out
 
 
 @torch.no_grad()
@@ -46,10 +36,10 @@ def reference_logits(model, ids: torch.Tensor, visible) -> torch.Tensor:
                 g = head // (heads // kv_heads)
                 scores = [q[i, head] @ attn.register_keys[g, r] for r in range(cfg.n_registers)]
                 values = [attn.register_values[g, r] for r in range(cfg.n_registers)]
-                qi = rotate(q[i, head], -i, cfg.rope_theta)  # reversed: positions decrease towards the past
+                qi = naive_rope(q[i, head], -i, cfg.rope_theta)  # reversed: positions decrease towards the past
                 for j in range(seq):
                     if visible(i, j):
-                        scores.append(qi @ rotate(k[j, g], -j, cfg.rope_theta))
+                        scores.append(qi @ naive_rope(k[j, g], -j, cfg.rope_theta))
                         values.append(v[j, g])
                 weights = torch.softmax(torch.stack(scores) / math.sqrt(dim), dim=0)
                 out[i, head] = sum(w * val for w, val in zip(weights, values))

@@ -10,7 +10,7 @@ from transformers import AutoConfig
 
 import attnlab
 from attnlab.errors import ConfigError
-from attnlab.inspect import count_parameters, describe
+from attnlab.summary import count_parameters, describe
 from attnlab.layers.context import MixerContext
 from attnlab.layers.hyperffn import HyperFFN, LowRankFFN
 from attnlab.layers.metric_attention import MetricAttention
@@ -18,9 +18,10 @@ from attnlab.layers.moa_heads import LocalConvHead, Routing
 from attnlab.layers.ffn import SwiGLU
 from attnlab.models.hf_compat import output_cache
 from attnlab.models.moa import MoACache, MoAMetricConfig, MoAMetricForCausalLM
-from attnlab.models.moa.modeling_moa import DropPath
+from attnlab.layers.moa_block import DropPath
+from attnlab.ops.metric.naive import naive_metric_attention
 
-SEED_JSON = Path(__file__).parent / "data" / "moa_seed_config.json"
+CARD_JSON = Path(__file__).parent / "data" / "moa_seed_config.json"  # the MoA-100M model card's example
 METRICS = ["l2", "cosine", "maha_diag"]
 
 
@@ -40,38 +41,20 @@ def make_metric(metric, n_kv_heads=4, use_balls=False, radius=None, **kw):
     return attn
 
 
-def naive_metric_attention(attn: MetricAttention, x: torch.Tensor) -> torch.Tensor:
-    """softmax_j(−α_h d(q_i, k_j)) · ball edge, j ≤ i, one (batch, head, query, key) at a time."""
+def naive_metric_layer(attn: MetricAttention, x: torch.Tensor) -> torch.Tensor:
+    """The layer from its weights: projections around the pairwise-distance reference, in fp64."""
     B, T, _ = x.shape
     H, G, D = attn.n_heads, attn.n_kv_heads, attn.head_dim
     qkv = x @ attn.qkv.weight.T + attn.qkv.bias
-    q = qkv[..., : H * D].view(B, T, H, D)
-    k = qkv[..., H * D : (H + G) * D].view(B, T, G, D)
-    v = qkv[..., (H + G) * D :].view(B, T, G, D)
-    alpha = attn.log_alpha.exp()
-    m = attn.log_maha.exp() if attn.log_maha is not None else torch.ones(H, D, dtype=x.dtype)
-    y = torch.zeros(B, T, H, D, dtype=x.dtype)
-    for b in range(B):
-        for h in range(H):
-            g = h // (H // G)
-            for i in range(T):
-                weights = []
-                for j in range(i + 1):
-                    qi, kj = q[b, i, h], k[b, j, g]
-                    if attn.metric == "cosine":
-                        d = 1 - (qi @ kj) / (qi.norm() * kj.norm())
-                        point = kj / kj.norm()
-                    else:
-                        d = sum(m[h, c] * (qi[c] - kj[c]) ** 2 for c in range(D))
-                        point = kj * m[h].sqrt()
-                    w = torch.exp(-alpha[h] * d)
-                    if attn.use_balls and j != i:
-                        u = attn.radius[h] - (point - attn.origin[h]).norm()
-                        w = w * (1 - torch.exp(-u / attn.ball_softness)) if u > 0 else w * 0
-                    weights.append(w)
-                weights = torch.stack(weights) / sum(weights)
-                y[b, i, h] = sum(weights[j] * v[b, j, g] for j in range(i + 1))
-    return y.reshape(B, T, H * D) @ attn.out.weight.T + attn.out.bias
+    q = qkv[..., : H * D].view(B, T, H, D).transpose(1, 2)
+    k = qkv[..., H * D : (H + G) * D].view(B, T, G, D).transpose(1, 2)
+    v = qkv[..., (H + G) * D :].view(B, T, G, D).transpose(1, 2)
+    balls = {}
+    if attn.use_balls:
+        balls = dict(origin=attn.origin, radius=attn.radius, ball_softness=attn.ball_softness)
+    maha = attn.log_maha.exp() if attn.log_maha is not None else None
+    y = naive_metric_attention(q, k, v, alpha=attn.log_alpha.exp(), metric=attn.metric, maha=maha, **balls)
+    return y.transpose(1, 2).reshape(B, T, H * D) @ attn.out.weight.T + attn.out.bias
 
 
 @pytest.mark.parametrize("metric", METRICS)
@@ -81,7 +64,7 @@ def test_metric_attention_matches_pairwise_distance_loop(metric, n_kv_heads, use
     attn = make_metric(metric, n_kv_heads, use_balls)
     x = torch.randn(2, 7, 16, dtype=torch.float64)
     got, _ = attn(x, ctx_for(7))
-    torch.testing.assert_close(got, naive_metric_attention(attn, x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got, naive_metric_layer(attn, x), rtol=1e-10, atol=1e-10)
 
 
 def test_balls_really_prune_some_keys():
@@ -292,9 +275,9 @@ def test_drop_path_drops_whole_samples_and_rescales():
     assert torch.equal(drop.eval()(torch.ones(4, 3)), torch.ones(4, 3))
 
 
-def test_seed_config_json_loads_builds_and_counts(tmp_path):
-    raw = json.loads(SEED_JSON.read_text())
-    config = MoAMetricConfig.from_json_file(SEED_JSON)
+def test_card_example_config_json_loads_builds_and_counts(tmp_path):
+    raw = json.loads(CARD_JSON.read_text())
+    config = MoAMetricConfig.from_json_file(CARD_JSON)
     assert (config.d_model, config.n_layers, config.n_heads, config.d_ff, config.block_size) == (768, 12, 8, 3072, 2048)
     for name, value in raw.items():  # every field of the card is readable under its own name
         assert getattr(config, name) == value, name
@@ -303,11 +286,11 @@ def test_seed_config_json_loads_builds_and_counts(tmp_path):
         model = MoAMetricForCausalLM(config)
     counts = count_parameters(model)
     assert counts["parameters"] == 254_776_032
-    (tmp_path / "config.json").write_text(SEED_JSON.read_text())
+    (tmp_path / "config.json").write_text(CARD_JSON.read_text())
     assert describe(str(tmp_path), "moa", "debug", {})["parameters"] == counts["parameters"]
 
 
-def test_seed_names_survive_save_and_load(tmp_path):
+def test_card_names_survive_save_and_load(tmp_path):
     model = attnlab.create_model("moa", "debug", dim=48, attn_heads=6, mqa_q_heads=3, num_layers=1)
     assert (model.config.d_model, model.config.n_heads, model.config.mixer_hidden) == (48, 6, 64)
     model.save_pretrained(tmp_path)
@@ -315,6 +298,18 @@ def test_seed_names_survive_save_and_load(tmp_path):
     assert (loaded.config.dim, loaded.config.attn_heads, loaded.config.num_layers) == (48, 6, 1)
     x = torch.randint(0, 256, (1, 8))
     torch.testing.assert_close(loaded(x).logits, model.eval()(x).logits, rtol=0, atol=0)
+
+
+def test_seed_preset_is_a_deprecated_alias_of_card_example(capsys):
+    from attnlab.cli import main
+
+    with pytest.warns(FutureWarning, match="use 'card-example'"):
+        old = attnlab.build_config("moa", "seed")
+    assert old.to_dict() == attnlab.build_config("moa", "card-example").to_dict()
+    assert (old.d_model, old.n_layers, old.vocab_size, old.block_size) == (768, 12, 50257, 2048)
+    assert main(["models"]) == 0
+    presets = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    ")]
+    assert "card-example" in presets and "seed" not in presets
 
 
 def test_derived_sizes_follow_the_card_aliases():

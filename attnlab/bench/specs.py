@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from ..errors import AttnlabError, ConfigError
-from ..inspect import count_parameters
+from ..summary import count_parameters
 from ..models import build_config, get_family, list_models
 from ..models.config import AttnLabConfig
 from .references import REFERENCES, build_reference, check_available

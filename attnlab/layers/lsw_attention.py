@@ -13,16 +13,14 @@ never depends on how much memory lies behind them.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers.cache_utils import Cache
 
-from .attention import merge_heads, split_heads
+from .attention import attend, merge_heads, split_heads
 from .context import MixerContext
 from .rotary import apply_rotary
 
@@ -218,19 +216,8 @@ class LSWAttention(nn.Module):
         if self.n_registers:
             v = torch.cat([self.register_values.to(v.dtype)[None].expand(x.shape[0], -1, -1, -1), v], dim=2)
 
-        scale = 1.0 / math.sqrt(self.head_dim)
-        weights = None
-        if ctx.output_attentions:
-            y, weights = self._explicit_attention(q, k, v, ctx.attn_mask, scale)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v,
-                attn_mask=ctx.attn_mask,
-                dropout_p=self.dropout if self.training else 0.0,
-                is_causal=ctx.attn_mask is None and q.shape[-2] > 1,
-                scale=scale,
-                enable_gqa=self.n_kv_heads != self.n_heads,
-            )
+        # [q_rot | q] doubles the query width when registers ride along; the scale stays that of one head.
+        y, weights = attend(q, k, v, ctx, scale=self.head_dim**-0.5, dropout=self.dropout if self.training else 0.0)
         y = merge_heads(y)
         return self.out(y), weights
 
@@ -254,16 +241,3 @@ class LSWAttention(nn.Module):
             torch.cat([k_rot, torch.zeros_like(k_rot)], dim=-1),
         ], dim=2)
         return torch.cat([q_rot, q], dim=-1), k
-
-    def _explicit_attention(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, scale: float
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same attention with probabilities over [registers; memory; segment] materialised."""
-        groups = self.n_heads // self.n_kv_heads
-        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
-        scores = (q @ k.transpose(-2, -1)) * scale
-        if mask is None:
-            q_len, kv_len = q.shape[-2], k.shape[-2]
-            mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=q.device).tril(kv_len - q_len)
-        weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-        return weights @ v, weights

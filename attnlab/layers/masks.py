@@ -5,6 +5,17 @@ from __future__ import annotations
 import torch
 
 
+def causal_mask(q_len: int, kv_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """(q_len, kv_len) boolean, True where query i may attend key j: the queries are the *last* q_len of the
+    kv_len positions (a cache holds the first kv_len − q_len), so query i sees keys j ≤ kv_len − q_len + i."""
+    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(kv_len - q_len)
+
+
+def own_key_mask(q_len: int, kv_len: int, device: torch.device | None = None) -> torch.Tensor:
+    """(q_len, kv_len) boolean, True only where key j is query i itself (j = kv_len − q_len + i)."""
+    return torch.arange(kv_len, device=device)[None, :] == torch.arange(q_len, device=device)[:, None] + (kv_len - q_len)
+
+
 def attention_bias_mask(
     key_padding_mask: torch.Tensor | None, q_len: int, past_length: int, device: torch.device
 ) -> torch.Tensor | None:
@@ -17,10 +28,7 @@ def attention_bias_mask(
     if key_padding_mask is None and (past_length == 0 or q_len == 1):
         return None
     kv_len = past_length + q_len
-    q_index = torch.arange(q_len, device=device)[:, None] + past_length
-    k_index = torch.arange(kv_len, device=device)[None, :]
-    mask = (k_index <= q_index)[None, None]
+    mask = causal_mask(q_len, kv_len, device)[None, None]
     if key_padding_mask is not None:
-        mask = mask & key_padding_mask[:, None, None, :].bool()
-        mask = mask | (k_index == q_index)[None, None]
+        mask = (mask & key_padding_mask[:, None, None, :].bool()) | own_key_mask(q_len, kv_len, device)[None, None]
     return mask

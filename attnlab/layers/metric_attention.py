@@ -1,23 +1,13 @@
 """Metric attention: softmax over −α_h · d(q_i, k_j) for a distance d instead of the dot product.
 
-Every supported distance expands into a dot product plus terms that depend on the query or the key alone:
+The distances (l2, cosine, maha_diag) expand into a dot product plus a key bias (``attnlab/ops/metric/``), so
+the layer is one ``attend`` call with that bias as a float mask: no N×N×d tensor is ever built. α_h > 0 is
+learned per head (stored as log α).
 
-    L2²        ‖q − k‖²          = ‖q‖² + ‖k‖² − 2 q·k
-    maha_diag  Σ_c m_c (q_c − k_c)² = Σ m q² + Σ m k² − 2 (m⊙q)·k
-    cosine     1 − q̂·k̂
-
-A query-only term is constant along the softmax row and cancels, so the weights are
-
-    softmax_j( q'_i · k'_j + b_j )   with   q' = 2α m⊙q (L2²: m = 1),  b_j = −α Σ m k_j²;   cosine: q' = α q̂, k' = k̂
-
-which is ``scaled_dot_product_attention`` with the key bias ``b`` passed as a float ``attn_mask``: no N×N×d
-tensor is ever built. α_h > 0 is learned per head (stored as log α).
-
-Ball pruning gives head h an origin o_h and radius r_h in the metric's own coordinates φ(k) (k, √m⊙k or k̂);
-key j is dropped for head h when u = r_h − ‖φ(k_j) − o_h‖ ≤ 0. Inside, the key's weight is multiplied by the
-soft edge 1 − exp(−u / τ) (τ = ``ball_softness``), which is 0 at the boundary and → 1 deep inside: the mask is
-continuous in r_h and o_h, so both learn by gradient descent. A query always keeps its own position whatever
-the ball says, so no row of the softmax is ever empty (never NaN) even when the ball excludes every key.
+Ball pruning gives head h an origin o_h and radius r_h in the metric's own coordinates; keys outside the
+ball are dropped for that head, keys inside weighted by a soft edge that is 0 at the boundary and → 1 deep
+inside (τ = ``ball_softness``), so radius and origin learn by gradient descent. A query always keeps its own
+position whatever the ball says, so no row of the softmax is ever empty (never NaN).
 """
 
 from __future__ import annotations
@@ -29,14 +19,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from .attention import merge_heads, split_heads
+from ..ops.metric import scores
+from ..ops.metric.scores import METRICS
+from .attention import attend, merge_heads, repeat_kv, split_heads
 from .context import MixerContext
+from .masks import causal_mask, own_key_mask
 from .rotary import RotaryEmbedding, apply_rotary
-
-METRICS = ("l2", "cosine", "maha_diag")
-
-# Smallest soft-edge argument: keeps log(1 − e^(−u/τ)) and its gradient finite for keys right on the boundary.
-_MIN_EDGE = 1e-6
 
 
 class MetricAttention(nn.Module):
@@ -120,42 +108,26 @@ class MetricAttention(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """φ(x): coordinates in which the metric is Euclidean, for x of shape (B, H, T, hd) (per-head m)."""
-        if self.metric == "cosine":
-            return F.normalize(x, dim=-1)
-        if self.metric == "maha_diag":
-            return x * self.maha().sqrt()[:, None].to(x.dtype)
-        return x
+        return scores.coordinates(x, self.metric, self.maha())
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """d(a, b) along the last axis without α: ‖·‖² for l2/maha_diag (in φ coordinates), 1 − cos for cosine."""
-        ea, eb = self.embed(a), self.embed(b)
-        if self.metric == "cosine":
-            return 1 - (ea * eb).sum(-1)
-        return (ea - eb).pow(2).sum(-1)
+        return scores.distance(a, b, self.metric, self.maha())
 
     def scores_terms(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(q', k', key bias (B, H, 1, S) or None) such that −α d(q_i, k_j) = q'_i·k'_j + b_j + const(i)."""
-        alpha = self.alpha().to(q.dtype)[:, None, None]  # (H, 1, 1)
-        if self.metric == "cosine":
-            return alpha * F.normalize(q, dim=-1), F.normalize(k, dim=-1), None
-        m = self.maha()
-        if m is None:
-            k_sq = self._expand_heads(_at_least_fp32(k).pow(2).sum(-1))  # (B, H, S)
-            q_scaled = 2 * alpha * q
-        else:
-            k_sq = (self._expand_heads(_at_least_fp32(k).pow(2)) * m[:, None]).sum(-1)
-            q_scaled = 2 * alpha * q * m.to(q.dtype)[:, None]
-        bias = -self.alpha()[:, None] * k_sq  # fp32 (fp64 stays fp64): the one term that can be large
-        return q_scaled, k, bias[:, :, None]
+        return scores.dot_product_terms(q, k, self.alpha(), self.metric, self.maha())
 
     def ball_bias(self, k: torch.Tensor) -> torch.Tensor:
         """log of the soft ball edge per head and key, (B, H, 1, S): −inf outside, log(1 − e^(−u/τ)) inside."""
-        coords = self.embed(self._expand_heads(k))  # (B, H, S, hd)
-        radius = self.radius.to(k.dtype)[:, None]
-        u = radius - (coords - self.origin.to(k.dtype)[:, None]).norm(dim=-1)
-        inside = u > 0
-        edge = torch.log(-torch.expm1(-u.clamp(min=_MIN_EDGE) / self.ball_softness))
-        return edge.masked_fill(~inside, float("-inf"))[:, :, None]
+        return scores.ball_log_edge(self.embed(repeat_kv(k, self.n_heads)), self.origin, self.radius, self.ball_softness)
+
+    def ball_membership(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
+        """Which keys of ``x`` lie inside each head's ball, (batch, heads, seq) boolean: what pruning keeps."""
+        _, k, _ = split_heads(self.qkv(x), self.n_heads, self.n_kv_heads, self.head_dim)
+        if self.rotary is not None:
+            k = apply_rotary(k, *self.rotary(ctx.position_ids))
+        return torch.isfinite(self.ball_bias(k))[:, :, 0]
 
     # --- forward --------------------------------------------------------------------------------------------
 
@@ -169,21 +141,7 @@ class MetricAttention(nn.Module):
             k, v = ctx.cache.update(k, v, self.cache_index)
 
         q_s, k_s, mask = self.logits_mask(q, k, ctx)
-        weights = None
-        if ctx.output_attentions:
-            v_h = self._expand_heads(v)
-            weights = (q_s @ self._expand_heads(k_s).transpose(-2, -1) + mask).softmax(dim=-1)
-            y = weights @ v_h
-        else:
-            y = F.scaled_dot_product_attention(
-                q_s,
-                k_s,
-                v,
-                attn_mask=mask,
-                dropout_p=self.attn_drop if self.training else 0.0,
-                scale=1.0,
-                enable_gqa=self.n_kv_heads != self.n_heads,
-            )
+        y, weights = attend(q_s, k_s, v, ctx, mask=mask, scale=1.0, dropout=self.attn_drop if self.training else 0.0)
         y = merge_heads(y)
         return self.proj_drop(self.out(y)), weights
 
@@ -193,12 +151,10 @@ class MetricAttention(nn.Module):
         """q', k' and the float mask (B, H, T, S): key bias + ball edge where allowed, −inf elsewhere."""
         q_len, kv_len = q.shape[-2], k.shape[-2]
         q_s, k_s, bias = self.scores_terms(q, k)
-        q_index = torch.arange(q_len, device=q.device)[:, None] + (kv_len - q_len)
-        k_index = torch.arange(kv_len, device=q.device)[None, :]
-        allowed = ctx.attn_mask if ctx.attn_mask is not None else (k_index <= q_index)[None, None]
+        allowed = ctx.attn_mask if ctx.attn_mask is not None else causal_mask(q_len, kv_len, q.device)[None, None]
         if self.use_balls:
             # The query's own key is exempt from its ball, so every row keeps at least one finite entry.
-            ball = self.ball_bias(k).masked_fill((k_index == q_index)[None, None], 0.0)
+            ball = self.ball_bias(k).masked_fill(own_key_mask(q_len, kv_len, q.device)[None, None], 0.0)
             bias = ball if bias is None else bias + ball
         if bias is None:
             bias = q.new_zeros(())
@@ -212,17 +168,7 @@ class MetricAttention(nn.Module):
         """
         seq = q.shape[-2]
         a, b, c = torch.randint(0, seq, (3, self.ti_samples), device=q.device)
-        keys = self._expand_heads(k)
+        keys = repeat_kv(k, self.n_heads)
         qa, kb, kc = q[:, :, a], keys[:, :, b], keys[:, :, c]
         gap = self.distance(qa, kc) - self.distance(qa, kb) - self.distance(kb, kc)
         return F.relu(gap).mean()
-
-    def _expand_heads(self, t: torch.Tensor) -> torch.Tensor:
-        """Repeat key-head tensors (B, Hkv, ...) to the query heads (B, H, ...)."""
-        groups = self.n_heads // t.shape[1]
-        return t if groups == 1 else t.repeat_interleave(groups, dim=1)
-
-
-def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
-    """fp16/bf16 → fp32, fp32/fp64 unchanged."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))

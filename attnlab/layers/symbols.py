@@ -15,9 +15,9 @@ need no symbols).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .attention import attend
 from .context import MixerContext
 
 SYMBOL_RETRIEVERS = ("symbolic_attention", "positional", "position_relative")
@@ -74,22 +74,16 @@ class SymbolicAttention(nn.Module):
     def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
         q = self.q_proj(x)
         k, v = self.templates.to(q.dtype), self.library.to(q.dtype)
-        symbols = F.scaled_dot_product_attention(self._heads(q), self._heads(k), self._heads(v))
+        symbols, _ = attend(self._heads(q), self._heads(k), self._heads(v), causal=False)
         return symbols.transpose(1, 2).reshape(x.shape)
+
+    def retrieval_weights(self, x: torch.Tensor) -> torch.Tensor:
+        """Each object's attention over the library, (symbol heads, batch·seq, n_symbols); rows sum to 1."""
+        q = self._heads(self.q_proj(x))[0]
+        templates = self._heads(self.templates.to(q.dtype))[0]
+        return (q @ templates.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1)
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         """(..., d_model) → (1, heads, rows, d_head): every object is one query row of a single call."""
         return t.reshape(1, -1, self.n_heads, t.shape[-1] // self.n_heads).transpose(1, 2)
 
-
-def relative_distances(ctx: MixerContext, kv_len: int, max_rel_pos: int) -> torch.Tensor:
-    """(batch|1, q_len, kv_len) long: min(pos_i - pos_j, max_rel_pos), 0 where j is ahead of i (masked anyway).
-
-    Positions count real tokens only, so a padded row sees the same distances as the unpadded sequence.
-    """
-    q_pos = ctx.position_ids
-    if ctx.key_padding_mask is None:
-        k_pos = torch.arange(kv_len, device=q_pos.device)[None]
-    else:
-        k_pos = (ctx.key_padding_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return (q_pos[:, :, None] - k_pos[:, None, :]).clamp(0, max_rel_pos)

@@ -4,14 +4,17 @@ token embedding (+ learned positions) → N × Block(norm → mixer → residual
 → final norm → LM head (optionally tied to the embedding).
 
 A family is a ``AttnLabForCausalLM`` subclass that names its config class and overrides ``build_mixer``
-(and ``make_cache`` if its mixer keeps something other than keys and values while generating).
+(and ``make_cache`` if its mixer keeps something other than keys and values while generating,
+``build_block`` if its residual block differs). ``docs/extending.md`` walks through the hooks.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +36,10 @@ from .hf_compat import CACHE_FIELD, one_cache
 class Block(nn.Module):
     """Pre-norm residual block around a pluggable token mixer and a feed-forward network."""
 
-    def __init__(self, config: AttnLabConfig, mixer: nn.Module):
+    def __init__(self, config: AttnLabConfig, mixer: nn.Module, *, mixer_norm: bool = True):
+        """``mixer_norm=False``: the mixer normalises its input itself (it needs the un-normalised one too)."""
         super().__init__()
-        self.mixer_norm = build_norm(config.norm, config.d_model, config.norm_eps)
+        self.mixer_norm = build_norm(config.norm, config.d_model, config.norm_eps) if mixer_norm else nn.Identity()
         self.mixer = mixer
         self.mixer_dropout = nn.Dropout(config.dropout)
         self.ffn_norm = build_norm(config.norm, config.d_model, config.norm_eps)
@@ -52,7 +56,7 @@ class Block(nn.Module):
 class Backbone(nn.Module):
     """Embeddings, blocks and the final norm; returns hidden states, not logits."""
 
-    def __init__(self, config: AttnLabConfig, build_mixer):
+    def __init__(self, config: AttnLabConfig, build_mixer, build_block):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model)
@@ -60,13 +64,9 @@ class Backbone(nn.Module):
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta) if config.pos == "rope" else None
         self.dropout = nn.Dropout(config.dropout)
         self.layers = nn.ModuleList(
-            self.build_block(config, build_mixer(config, i), i) for i in range(config.n_layers)
+            build_block(config, build_mixer(config, i), i) for i in range(config.n_layers)
         )
         self.norm = build_norm(config.norm, config.d_model, config.norm_eps)
-
-    def build_block(self, config: AttnLabConfig, mixer: nn.Module, layer_idx: int) -> nn.Module:
-        """The residual block around ``mixer``; a family's backbone may return its own."""
-        return Block(config, mixer)
 
     def forward(
         self,
@@ -230,7 +230,7 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
 
     def __init__(self, config: AttnLabConfig):
         super().__init__(config)
-        self.model = self.backbone_class(config, self.build_mixer)
+        self.model = self.backbone_class(config, self.build_mixer, self.build_block)
         # The head maps back from the embedding width: it is (optionally) the embedding matrix itself.
         self.lm_head = nn.Linear(self.model.embed_tokens.embedding_dim, config.vocab_size, bias=False)
         self.post_init()
@@ -238,6 +238,10 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     def build_mixer(self, config: AttnLabConfig, layer_idx: int) -> nn.Module:
         """Return the token mixer of layer ``layer_idx``: a module ``(x, MixerContext) -> (y, weights|None)``."""
         raise NotImplementedError
+
+    def build_block(self, config: AttnLabConfig, mixer: nn.Module, layer_idx: int) -> nn.Module:
+        """The residual block around layer ``layer_idx``'s mixer: ``Block`` (pre-norm, mixer, FFN) by default."""
+        return Block(config, mixer)
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """HF save, plus a README.md model card when the directory has none (runs write a richer one)."""
@@ -261,6 +265,31 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     def make_cache(self) -> Cache:
         """A fresh generation cache; key/value mixers use transformers' ``DynamicCache``."""
         return DynamicCache(config=self.config)
+
+    # What ``attnlab.analysis`` (and the viz app) shows: softmax maps by default; a family adds its mechanism.
+    def analysis_probes(self, records: dict[str, Any]) -> list[tuple[nn.Module, Callable]]:
+        """Forward hooks ``(module, args, kwargs, output)`` that record, during the analysis's one forward
+        pass, what the layers compute beside their attention weights (into ``records``); none by default."""
+        return []
+
+    def analysis_layers(
+        self, input_ids: torch.Tensor, attentions: list[torch.Tensor | None], records: dict[str, Any], tokens: list[str]
+    ) -> list[dict[str, Any]]:
+        """Per layer, the JSON-ready entries the analysis shows, from that forward's ``output_attentions``
+        (one entry per layer, None where a layer returns none) and what the probes recorded."""
+        from ..analysis import attention_entry
+
+        layers = []
+        for index, weights in enumerate(attentions):
+            layer: dict[str, Any] = {"layer": index}
+            if weights is not None:
+                layer["attention"] = attention_entry(weights[0], *self.attention_labels(weights[0], tokens))
+            layers.append(layer)
+        return layers
+
+    def attention_labels(self, weights: torch.Tensor, tokens: list[str]) -> tuple[list[str], list[str]]:
+        """A label per head and per key of one layer's (heads, queries, keys) maps."""
+        return [f"head {h}" for h in range(weights.shape[0])], list(tokens)
 
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
         """Let ``generate()`` use the family's own cache (recurrent state, conv state...) via ``make_cache``."""

@@ -1,6 +1,7 @@
+from ...layers.dual_attention import DATCache, DualAttention
 from ..registry import Family
 from .configuration_dat import PRESETS, DATConfig
-from .modeling_dat import DATCache, DATForCausalLM, DualAttention
+from .modeling_dat import DATForCausalLM
 
 FAMILY = Family(
     name="dat",

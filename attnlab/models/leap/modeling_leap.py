@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import initialization as init
@@ -48,3 +50,17 @@ class LeapForCausalLM(AttnLabForCausalLM):
         row of a real token sums to 1). ``α[..., -1, :]`` is what the last token attends to."""
         out = self(input_ids, attention_mask=attention_mask, output_attentions=True, use_cache=False)
         return tuple(window_weights(s, k) for s, k in zip(out.attentions, self.config.layer_windows))
+
+    def analysis_layers(self, input_ids, attentions, records, tokens) -> list[dict[str, Any]]:
+        """No softmax maps: per layer the focus logits and the importance weights α they give (``explain``)."""
+        from ...analysis import to_json
+
+        layers = []
+        for index, (logits, alpha) in enumerate(zip(attentions, self.explain(input_ids))):
+            layers.append({
+                "layer": index,
+                "focus_logits": to_json(logits[0]) if logits is not None else None,
+                "importance": {"weights": to_json(alpha[0]), "window": self.config.layer_windows[index],
+                               "head_labels": [f"head {h}" for h in range(alpha.shape[1])]},
+            })
+        return layers

@@ -17,7 +17,7 @@ from ...layers.lsw_attention import LSWAttention, LSWContext, XLMemory, lsw_atte
 from ...layers.norms import build_norm
 from ...layers.rotary import RotaryEmbedding
 from ...losses import simctg_loss
-from ..skeleton import AttnLabForCausalLM, Backbone, Block
+from ..skeleton import AttnLabForCausalLM, Backbone
 from .configuration_lsw import LSWConfig
 from .contrastive import contrastive_search
 
@@ -37,7 +37,7 @@ class LSWBackbone(Backbone):
     registers, memory and document masks) and finish (W_out, then the memory takes this segment).
     """
 
-    def __init__(self, config: LSWConfig, build_mixer):
+    def __init__(self, config: LSWConfig, build_mixer, build_block):
         # Its own modules, in its own order (so seeded initialisation stays as it was), not Backbone's.
         nn.Module.__init__(self)
         self.config = config
@@ -46,7 +46,7 @@ class LSWBackbone(Backbone):
         self.embed_positions = nn.Embedding(config.block_size, config.d_model) if config.pos == "learned" else None
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta) if config.pos == "rope" else None
         self.dropout = nn.Dropout(config.dropout)
-        self.layers = nn.ModuleList(Block(config, build_mixer(config, i)) for i in range(config.n_layers))
+        self.layers = nn.ModuleList(build_block(config, build_mixer(config, i), i) for i in range(config.n_layers))
         self.norm = build_norm(config.norm, config.d_model, config.norm_eps)
         self.output_proj = nn.Linear(config.d_model, config.d_emb, bias=False)
 
@@ -122,6 +122,13 @@ class LSWForCausalLM(AttnLabForCausalLM):
             bias=config.bias,
             dropout=config.dropout,
         )
+
+    def attention_labels(self, weights: torch.Tensor, tokens: list[str]) -> tuple[list[str], list[str]]:
+        """Keys are [registers; memory; tokens]."""
+        heads, keys = super().attention_labels(weights, tokens)
+        registers = self.config.n_registers
+        memory = weights.shape[-1] - len(tokens) - registers
+        return heads, [f"[reg {r}]" for r in range(registers)] + [f"[mem {m}]" for m in range(memory)] + keys
 
     def make_cache(self) -> XLMemory:
         """The XL memory: the last ``mem_len`` tokens per layer (everything when mem_len is 0)."""

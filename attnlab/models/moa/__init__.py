@@ -1,5 +1,5 @@
+from ...layers.moa_heads import MoACache
 from ..registry import Family
-from .cache_moa import MoACache
 from .configuration_moa import PRESETS, MoAMetricConfig
 from .modeling_moa import BRANCHES, HEAD_TYPES, MoAMetricForCausalLM
 

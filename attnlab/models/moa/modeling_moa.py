@@ -7,92 +7,25 @@ channel-mix MLP), then a routed HyperFFN; both residual branches with LayerScale
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
 import torch
 from torch import nn
 from transformers import initialization as init
 
-from ...layers.context import MixerContext
-from ...layers.ffn import build_ffn
-from ...layers.hyperffn import BRANCHES, HyperFFN, LowRankFFN
+from ...layers.hyperffn import BRANCHES
 from ...layers.metric_attention import MetricAttention
-from ...layers.moa_heads import ChannelMixHead, LocalConvHead, MixtureOfHeads, TokenRouter
-from ...layers.norms import build_norm
-from ..skeleton import AttnLabForCausalLM, Backbone
-from .cache_moa import MoACache
+from ...layers.moa_block import LayerScale, MoABlock
+from ...layers.moa_heads import HEAD_TYPES, ChannelMixHead, LocalConvHead, MixtureOfHeads, MoACache, TokenRouter
+from ..skeleton import AttnLabForCausalLM
 from .configuration_moa import MoAMetricConfig
-
-HEAD_TYPES = ("conv", "mha", "mqa", "channel")
-
-
-class LayerScale(nn.Module):
-    """A learned per-channel scale on a residual branch (CaiT), initialised to ``init_value``."""
-
-    def __init__(self, dim: int, init_value: float):
-        super().__init__()
-        self.init_value = init_value
-        self.gamma = nn.Parameter(torch.full((dim,), init_value))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gamma
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: in training, drop a residual branch for whole sequences, scaling the rest by 1/(1−p)."""
-
-    def __init__(self, p: float):
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty(x.shape[0], *(1,) * (x.dim() - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
-class MoABlock(nn.Module):
-    """Pre-norm block: routed mixture of heads, then the HyperFFN, each with LayerScale and DropPath."""
-
-    def __init__(self, config: MoAMetricConfig, mixer: nn.Module, layer_idx: int):
-        super().__init__()
-        d = config.d_model
-        self.mixer_norm = build_norm(config.norm, d, config.norm_eps)
-        self.mixer = mixer
-        self.mixer_dropout = nn.Dropout(config.dropout)
-        self.mixer_scale = LayerScale(d, config.layer_scale_init)
-        self.ffn_norm = build_norm(config.norm, d, config.norm_eps)
-        mlp = build_ffn(config.ffn, d, config.d_ff, config.bias, config.dropout)
-        mlp.down.is_residual_projection = True
-        self.ffn = HyperFFN(
-            mlp,
-            LocalConvHead(d, config.conv_kernel, cache_key=f"{layer_idx}.ffn_conv", bias=config.bias),
-            LowRankFFN(d, config.ffn_rank, bias=config.bias),
-            d,
-            top_k=config.ffn_top_k,
-            routed=config.branch_router,
-        )
-        self.ffn_scale = LayerScale(d, config.layer_scale_init)
-        self.drop_path = DropPath(config.drop_path)
-
-    def forward(self, x: torch.Tensor, ctx: MixerContext) -> tuple[torch.Tensor, torch.Tensor | None]:
-        mixed, weights = self.mixer(self.mixer_norm(x), ctx)
-        x = x + self.drop_path(self.mixer_scale(self.mixer_dropout(mixed)))
-        x = x + self.drop_path(self.ffn_scale(self.ffn(self.ffn_norm(x), ctx)))
-        return x, weights
-
-
-class MoABackbone(Backbone):
-    """The skeleton's backbone (embeddings, positions, final norm, forward) with ``MoABlock`` layers."""
-
-    def build_block(self, config: MoAMetricConfig, mixer: nn.Module, layer_idx: int) -> nn.Module:
-        return MoABlock(config, mixer, layer_idx)
-
 
 class MoAMetricForCausalLM(AttnLabForCausalLM):
     """The MoA metric LM on the shared skeleton, with a generation cache for every head and branch."""
 
     config_class = MoAMetricConfig
-    backbone_class = MoABackbone
     _no_split_modules = ["MoABlock"]
 
     def build_mixer(self, config: MoAMetricConfig, layer_idx: int) -> nn.Module:
@@ -126,6 +59,9 @@ class MoAMetricForCausalLM(AttnLabForCausalLM):
         )
         return MixtureOfHeads(heads, router)
 
+    def build_block(self, config: MoAMetricConfig, mixer: nn.Module, layer_idx: int) -> nn.Module:
+        return MoABlock(config, mixer, layer_idx)
+
     def make_cache(self) -> MoACache:
         return MoACache()
 
@@ -158,6 +94,54 @@ class MoAMetricForCausalLM(AttnLabForCausalLM):
         """Mean triangle-inequality hinge over the metric heads of the last training forward (None if off)."""
         penalties = [m.ti_penalty for m in self.modules() if isinstance(m, MetricAttention) and m.ti_penalty is not None]
         return torch.stack(penalties).mean() if penalties else None
+
+    def attention_labels(self, weights: torch.Tensor, tokens: list[str]) -> tuple[list[str], list[str]]:
+        return [f"metric MHA {h}" for h in range(weights.shape[0])], list(tokens)
+
+    def analysis_probes(self, records: dict[str, Any]) -> list[tuple[nn.Module, Callable]]:
+        """Per layer: router weights and gates over the heads, HyperFFN branch weights, ball membership."""
+        per_layer = records.setdefault("moa", [{"balls": []} for _ in self.model.layers])
+        probes = []
+        for index, layer in enumerate(self.model.layers):
+            entry = per_layer[index]
+
+            def on_router(module, args, kwargs, routing, entry=entry):
+                entry["heads"], entry["gates"] = routing.weights[0].float(), routing.gates[0].float()
+
+            def on_ffn(module, args, kwargs, output, entry=entry):
+                x = args[0]
+                entry["branches"] = module.branch_weights(x)[0].float()
+                entry["branch_probs"] = module.router(x)[0].float().softmax(-1) if module.router is not None else None
+
+            def on_metric(module, args, kwargs, output, entry=entry, kind=None):
+                if module.use_balls:
+                    ctx = args[1] if len(args) > 1 else kwargs["ctx"]
+                    entry["balls"].append((kind, module.ball_membership(args[0][:1], ctx)[0]))
+
+            probes += [(layer.mixer.router, on_router), (layer.ffn, on_ffn)]
+            probes += [(head, partial(on_metric, kind=kind)) for kind, head in layer.mixer.heads.items()
+                       if isinstance(head, MetricAttention)]
+        return probes
+
+    def analysis_layers(self, input_ids, attentions, records, tokens) -> list[dict[str, Any]]:
+        from ...analysis import to_json
+
+        layers = super().analysis_layers(input_ids, attentions, records, tokens)
+        for layer, entry in zip(layers, records["moa"]):
+            routing = {"head_types": list(HEAD_TYPES), "heads": to_json(entry["heads"]),
+                       "gates": to_json(entry["gates"]), "branch_names": list(BRANCHES),
+                       "branches": to_json(entry["branches"])}
+            if entry["branch_probs"] is not None:
+                routing["branch_probs"] = to_json(entry["branch_probs"])
+            layer["routing"] = routing
+            layer["balls"] = [
+                {"head": f"{kind} {h}", "inside": inside[h].tolist(), "pruned": pruned,
+                 "pruned_tokens": [tokens[j] for j in pruned]}
+                for kind, inside in entry["balls"]
+                for h in range(inside.shape[0])
+                for pruned in [(~inside[h]).nonzero().flatten().tolist()]
+            ]
+        return layers
 
     @torch.no_grad()
     def routing(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> dict[str, torch.Tensor]:

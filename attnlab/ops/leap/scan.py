@@ -5,9 +5,9 @@ a causal window W(i) = {max(0, i-k+1), ..., i} (all of 0..i when global):
 
     g_i = Σ_{l∈W(i)} e^{s_l} v_l / Σ_{l∈W(i)} e^{s_l}
 
-The seed computes this as a ratio of cumulative sums of e^{s_l} and, for windows, as a *difference* of
-two cumulative sums. Both break in practice: e^{s} overflows for scores above ~88 (fp32) and, when
-out-of-window mass dominates, the difference cancels to noise. Here nothing is ever subtracted and
+The LEAP package description writes this as a ratio of cumulative sums of e^{s_l} and, for windows, as
+a *difference* of two cumulative sums. Both break in practice: e^{s} overflows for scores above ~88 (fp32)
+and, when out-of-window mass dominates, the difference cancels to noise. Here nothing is ever subtracted and
 nothing is exponentiated without its running max taken out first:
 
 * A prefix is summarised by a ``State`` (m, z, n): a reference max m, the denominator z = Σ e^{s_l - m}
@@ -20,7 +20,8 @@ nothing is exponentiated without its running max taken out first:
   O(T·C·D) whatever the window, depth log_C T, no Python loop over positions, no difference of sums.
 
 Kernels run in fp32 at least (fp64 stays fp64) with autocast off: the max subtraction needs the
-precision, and the cost is linear in T.
+precision, and the cost is linear in T. ``naive.py`` beside this file writes g_i out one position at a
+time; the tests compare these kernels with it.
 """
 
 from __future__ import annotations
@@ -66,13 +67,6 @@ def token_states(scores: torch.Tensor, values: torch.Tensor, mask: torch.Tensor 
     mask = mask.expand_as(scores)
     z = mask.to(scores.dtype)
     return State(torch.where(mask, scores, NEG), z, values * z[..., None])
-
-
-def combine(a: State, b: State) -> State:
-    """The state of the union of two disjoint token sets (broadcasting)."""
-    m = torch.maximum(a.m, b.m).detach()
-    wa, wb = torch.exp(a.m - m), torch.exp(b.m - m)
-    return State(m, a.z * wa + b.z * wb, a.n * wa[..., None] + b.n * wb[..., None])
 
 
 def total(s: State) -> State:
@@ -199,13 +193,6 @@ def _window_chunk(window: int, chunk: int) -> int:
     return next((c for c in range(chunk, chunk // 2 - 1, -1) if window % c == 0), chunk)
 
 
-def _whole_chunks(totals: State | None, count: int, chunk: int) -> State | None:
-    """For each chunk c, the state of chunks c-count .. c-1 (None when count < 1)."""
-    if totals is None or count < 1:
-        return None
-    return _shift_by(window_scan(totals, count, chunk), 1)
-
-
 def _chunk_totals(x: State, zn: torch.Tensor) -> State:
     """One state per chunk, summarising all of its tokens: (..., n_chunks)."""
     m = x.m.detach().amax(-1)
@@ -251,7 +238,9 @@ def additive_attention(
         return states.output().to(values.dtype), next_past
 
 
-def window_weights(scores: torch.Tensor, window: int | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+def window_weights(
+    scores: torch.Tensor, window: int | None = None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Dense weights α (..., T, T): α[i, l] = softmax over l ∈ W(i) of scores[l], zero elsewhere.
 
     O(T²) memory: for inspecting models (``explain``), not for training. Rows with no real token are zero.
