@@ -1,7 +1,8 @@
-"""The ``attnlab`` command line: train, eval, generate, info, models.
+"""The ``attnlab`` command line: train, eval, generate, info, convert, models (bench, compare and viz plug in).
 
-Every training option is a field of ``TrainConfig``; the ``train`` flags are generated from it, so the CLI,
-config files and the Python API can never disagree. User mistakes end in one line on stderr and exit code 2.
+Every training option is a field of ``TrainConfig`` that carries its own help; the ``train`` flags and their
+``--help`` are generated from those fields, so the CLI, config files, the Python API and docs/cli.md can never
+disagree. User mistakes end in one line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -16,52 +17,6 @@ from typing import Any
 
 from .errors import AttnlabError, ConfigError, DataError
 
-TRAIN_HELP = {
-    "model": "model family (see `attnlab models`)",
-    "preset": "named size of the family, e.g. debug, tiny, small",
-    "data": "'shakespeare' (built in), a .txt/.md file or folder, .jsonl/.parquet, or hf:NAME[:CONFIG]",
-    "text_field": "field holding the text in JSONL/parquet/HF records",
-    "hf_config": "Hugging Face dataset config name",
-    "hf_split": "Hugging Face dataset split",
-    "max_docs": "read at most this many documents (HF streaming)",
-    "tokenizer": "'byte' (256 ids), 'bpe' (trained on the data), or a pretrained HF tokenizer name/path",
-    "vocab_size": "vocabulary size of the trained BPE tokenizer",
-    "val_fraction": "fraction of the token stream (its tail) held out for validation",
-    "batch_size": "sequences per micro-batch and process",
-    "block_size": "context length in tokens (default: the model's)",
-    "tokens_per_step": "target tokens per optimizer step; sets gradient accumulation",
-    "optimizer": "adamw or sophia (SophiaG: clipped diagonal-Hessian steps; try --beta1 0.965 --beta2 0.99)",
-    "max_steps": "optimizer steps",
-    "lr": "peak learning rate",
-    "min_lr": "final learning rate of the cosine decay (default lr/10)",
-    "warmup_steps": "linear warmup steps",
-    "weight_decay": "decoupled weight decay (matrices only)",
-    "beta1": "AdamW beta1",
-    "beta2": "AdamW beta2",
-    "grad_clip": "clip the global gradient norm (0 = off)",
-    "decay_embeddings": "apply weight decay to embeddings too",
-    "sophia_rho": "SophiaG rho: the step is clipped where |momentum| > rho * hessian",
-    "hessian_interval": "SophiaG: refresh the Hessian estimate (labels sampled from the model) every N steps",
-    "segment_stream": "Transformer-XL training (models with mem_len): rows read consecutive segments, memory carried",
-    "warm_start": "copy the input embeddings and tokenizer of a HF causal LM (path or hub name)",
-    "device": "auto, cpu, cuda, cuda:1, mps",
-    "dtype": "float32 or bfloat16 (autocast)",
-    "compile": "torch.compile the model",
-    "seed": "seed for weights, batches and dropout",
-    "eval_interval": "validate (and sample) every N steps",
-    "eval_tokens": "validation tokens per evaluation",
-    "log_interval": "log training loss every N steps",
-    "checkpoint_interval": "checkpoint every N steps (default: eval_interval)",
-    "sample_tokens": "tokens generated at each validation (0 = none)",
-    "sample_prompt": "prompt of those samples",
-    "out_dir": "run directory (default runs/MODEL-PRESET)",
-    "resume": "continue the run in --out-dir from its last checkpoint",
-    "max_minutes": "stop (checkpointed, resumable) after this many minutes",
-    "stop_at_step": "stop (checkpointed, resumable) at this step without changing the schedule",
-    "progress": "show a progress bar",
-    "tensorboard": "also log to TensorBoard when it is installed",
-}
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (exit 2) instead of usage + error."""
@@ -70,30 +25,81 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def train_option_type(name: str) -> type:
-    """The Python type of a ``TrainConfig`` field (``int | None`` → int), for its command-line flag."""
+def _train_field(name: str) -> dataclasses.Field:
     from .training.config import TrainConfig
 
-    kind = str(next(f.type for f in dataclasses.fields(TrainConfig) if f.name == name))
+    return next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
+
+
+def train_option_type(name: str) -> type:
+    """The Python type of a ``TrainConfig`` field (``int | None`` → int), for its command-line flag."""
+    kind = str(_train_field(name).type)
     return bool if kind == "bool" else int if kind.startswith("int") else float if kind.startswith("float") else str
 
 
+def train_option_help(name: str) -> str:
+    """A ``TrainConfig`` field's help as argparse prints it: the Markdown backticks dropped, ``%`` escaped."""
+    return _argparse_text(_train_field(name).metadata["help"])
+
+
+def _argparse_text(text: str) -> str:
+    return text.replace("`", "").replace("%", "%%")
+
+
+def _flag_help(f: dataclasses.Field) -> str:
+    """The field's help with its default, as ``attnlab train --help`` shows it."""
+    from .options import shown_default
+
+    shown = shown_default(f)
+    suffix = "" if shown == "–" else f" (default: {_argparse_text(shown)})"
+    return train_option_help(f.name) + suffix
+
+
 def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``TrainConfig`` field, in argument groups named by the fields' ``group``."""
     from .training.config import TrainConfig
 
-    parser.add_argument("--config", help="YAML or JSON file of training options")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="model config override, repeatable"
-    )
+    parser.add_argument("--config", metavar="FILE",
+                        help="YAML or JSON file of training options (the field names, with underscores); flags "
+                             "given on the command line win")
+    sections: dict[str, Any] = {}
     for f in dataclasses.fields(TrainConfig):
-        if f.name == "model_overrides":
-            continue
-        flag, cast = "--" + f.name.replace("_", "-"), train_option_type(f.name)
-        if cast is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
-                                help=TRAIN_HELP.get(f.name))
-        else:
-            parser.add_argument(flag, type=cast, default=argparse.SUPPRESS, help=TRAIN_HELP.get(f.name))
+        group = f.metadata["group"]
+        if group not in sections:
+            sections[group] = parser.add_argument_group(group)
+        _add_train_flag(sections[group], f)
+
+
+def _add_train_flag(parser: Any, f: dataclasses.Field) -> None:
+    metavar, help_text = f.metadata.get("metavar"), _flag_help(f)
+    if f.name == "model_overrides":  # --set KEY=VALUE, repeatable; merged into the config file's mapping
+        parser.add_argument(_flag(f), action="append", default=[], metavar=metavar, help=help_text)
+    elif train_option_type(f.name) is bool:
+        parser.add_argument(_flag(f), action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                            help=help_text)
+    else:
+        parser.add_argument(_flag(f), type=train_option_type(f.name), default=argparse.SUPPRESS, metavar=metavar,
+                            help=help_text)
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _no_default(value: Any) -> bool:
+    return value is None or value is False or value == [] or value == argparse.SUPPRESS
+
+
+class _DefaultsFormatter(argparse.HelpFormatter):
+    """Help that ends with the flag's default, where it has a meaningful one (not None, off or empty)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        from .options import format_default
+
+        text = _argparse_text(action.help or "")
+        if action.option_strings and not _no_default(action.default):
+            text += f" (default: {_argparse_text(format_default(action.default))})"
+        return text
 
 
 def _parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -115,45 +121,55 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (resumable; torchrun for several processes)")
     _add_train_flags(p)
 
-    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a saved run on a dataset")
+    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a saved run on a dataset",
+                       formatter_class=_DefaultsFormatter)
     p.add_argument("run", help="run directory or HF model directory")
-    p.add_argument("--data", default="shakespeare")
-    p.add_argument("--text-field", default="text")
-    p.add_argument("--split", choices=["val", "train"], default="val")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--block-size", type=int)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=None)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    p.add_argument("--data", default="shakespeare", metavar="SOURCE", help="dataset, as for `attnlab train --data`")
+    p.add_argument("--text-field", default="text", metavar="NAME",
+                   help="field holding the text in JSONL/JSON/parquet/HF records")
+    p.add_argument("--split", choices=["val", "train"], default="val",
+                   help="`val` (the held-out tail of the token stream) or `train`")
+    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
+                   help="fraction held out for validation; the run's own gives its validation split")
+    p.add_argument("--block-size", type=int, metavar="N", help="context length in tokens (default: the model's)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences per batch")
+    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                   help="evaluate at most this many tokens (default: the whole split)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="`float32`, or `bfloat16` autocast")
     p.add_argument("--memory", action="store_true",
                    help="XL-memory models: read the split as streams of consecutive segments, carrying memory")
     p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("generate", help="stream text from a saved run")
+    p = sub.add_parser("generate", help="stream text from a saved run", formatter_class=_DefaultsFormatter)
     p.add_argument("run", help="run directory or HF model directory")
-    p.add_argument("--prompt", default="\n")
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=50)
-    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--prompt", default="\n", metavar="TEXT", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature, > 0")
+    p.add_argument("--top-k", type=int, default=50, metavar="K", help="sample among the K likeliest tokens; 0: all")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P",
+                   help="nucleus sampling: the likeliest tokens whose probabilities add up to P")
     p.add_argument("--greedy", action="store_true", help="argmax decoding")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the sampling")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
 
-    p = sub.add_parser("info", help="parameter counts and config of a run, or of a family preset")
+    p = sub.add_parser("info", help="parameter counts and config of a run, or of a family preset",
+                       formatter_class=_DefaultsFormatter)
     p.add_argument("run", nargs="?", help="run directory (or omit and give --model/--preset)")
-    p.add_argument("--model", default="gpt")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--model", default="gpt", metavar="FAMILY", help="model family; `attnlab models` lists them")
+    p.add_argument("--preset", default="tiny", metavar="NAME", help="named size of the family")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a model config field, repeatable")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
     p = sub.add_parser("convert", help="convert another implementation's checkpoint into an attnlab model")
     p.add_argument("kind", choices=["dat-checkpoint"], help="dat-checkpoint: the dual-attention package's .pt")
     p.add_argument("source", help="checkpoint file")
     p.add_argument("out", help="output model directory")
 
-    sub.add_parser("models", help="list model families and their presets")
+    p = sub.add_parser("models", help="list model families and their presets", formatter_class=_DefaultsFormatter)
+    p.add_argument("--options", metavar="FAMILY",
+                   help="list the family's model config options (`--set KEY=VALUE`), with defaults and help")
 
     from .bench.cli import add_bench_parser, add_compare_parser
     from .viz.cli import add_viz_parser
@@ -278,11 +294,43 @@ def cmd_convert(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .models.registry import FAMILIES
 
+    if args.options:
+        return _print_family_options(args.options)
     for family in FAMILIES.values():
         print(f"{family.name:<8} {family.description}")
         for name, preset in family.presets.items():
-            print(f"    {name:<8} {', '.join(f'{k}={v}' for k, v in preset.items())}")
+            print(f"    {name:<12} {', '.join(f'{k}={v}' for k, v in preset.items())}")
     return 0
+
+
+def _print_family_options(name: str) -> int:
+    """A family's own options, then the skeleton's with the family's defaults: everything ``--set`` accepts."""
+    from .models.config import AttnLabConfig, declared_options, option_docs, own_options
+    from .models.registry import get_family
+
+    config_class = get_family(name).config_class
+    own = own_options(config_class)
+    shared = [n for n in declared_options(AttnLabConfig) if n not in own]
+    print(f"{name} options ({config_class.__name__}; attnlab train --set KEY=VALUE, or model_overrides in a config):")
+    _print_options(option_docs(config_class, own) if own else [])
+    print("skeleton options, shared by every family:")
+    _print_options(option_docs(config_class, shared))
+    return 0
+
+
+def _print_options(docs: list) -> None:
+    import shutil
+    import textwrap
+
+    if not docs:
+        print("  (none of its own)")
+    width = max(60, shutil.get_terminal_size().columns)
+    for doc in docs:
+        head = f"  {doc.name:<20} {doc.default.replace('`', '')}"
+        body = textwrap.wrap(doc.help.replace("`", ""), width - 6)
+        print(head)
+        for line in body:
+            print(f"      {line}")
 
 
 if __name__ == "__main__":

@@ -64,11 +64,11 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--name", default=S, help="report title (default: the suite's name)")
     p.add_argument("--out-dir", default=S, help="report directory (default runs/compare-NAME)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S)
-    from ..cli import TRAIN_HELP, train_option_type
+    from ..cli import train_option_help, train_option_type
 
     for name in TRAIN_FLAGS:
         p.add_argument("--" + name.replace("_", "-"), dest=f"train.{name}", type=train_option_type(name), default=S,
-                       help=TRAIN_HELP[name], metavar=name.upper())
+                       help=train_option_help(name), metavar=name.upper())
     p.add_argument("--train", dest="train_set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other shared training option (see attnlab train --help), repeatable")
     return p

@@ -3,72 +3,117 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..options import Options
+from ..options import Options, option
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "sophia")
+# option groups, in the order `attnlab train --help` and docs/cli.md show them
+MODEL, DATA, BATCHING, OPTIMISATION = "model", "data", "batching", "optimisation"
+RUNTIME, EVALUATION, RUN = "runtime", "evaluation and logging", "run directory and checkpoints"
 
 
 @dataclass
 class TrainConfig(Options):
+    """Every option of a training run; each field's help is what ``attnlab train --help`` and docs/cli.md show.
+
+    A YAML/JSON ``--config`` file uses the field names; on the command line they are ``--field-name`` flags.
+    """
+
     option_kind = "training"
-    # model
-    model: str = "gpt"
-    preset: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    # data
-    data: str = "shakespeare"
-    text_field: str = "text"
-    hf_config: str | None = None
-    hf_split: str = "train"
-    max_docs: int | None = None
-    tokenizer: str = "byte"
-    vocab_size: int = 4096
-    val_fraction: float = 0.1
-    # batching: batch_size sequences of block_size tokens per process and micro-step
-    batch_size: int = 16
-    block_size: int | None = None
-    tokens_per_step: int | None = None
-    # optimisation
-    optimizer: str = "adamw"
-    max_steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float | None = None
-    warmup_steps: int | None = None  # default: min(100, max_steps // 10)
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    decay_embeddings: bool = False
-    sophia_rho: float = 0.04
-    hessian_interval: int = 10
-    # Transformer-XL training: each batch row reads its own stream of consecutive segments, memory carried
-    segment_stream: bool = False
-    # copy the input embeddings (and take the tokenizer) of a HF causal LM: a local path or a hub name
-    warm_start: str | None = None
-    # runtime
-    device: str = "auto"
-    dtype: str = "float32"
-    compile: bool = False
-    seed: int = 1337
-    # evaluation, logging, checkpoints
-    eval_interval: int = 200
-    eval_tokens: int | None = 65536
-    log_interval: int = 10
-    checkpoint_interval: int | None = None
-    sample_tokens: int = 200
-    sample_prompt: str = "\n"
-    out_dir: str | None = None
-    resume: bool = False
-    max_minutes: float | None = None
-    stop_at_step: int | None = None
-    progress: bool = True
-    tensorboard: bool = True
+    model: str = option("gpt", "model family; `attnlab models` lists them", group=MODEL, metavar="FAMILY")
+    preset: str = option("tiny", "named size of the family, e.g. debug, tiny, small; `attnlab models` lists them",
+                         group=MODEL, metavar="NAME")
+    model_overrides: dict[str, Any] = option(
+        help="override any model config field, repeatable (`--set d_model=256 --set pos=rope`); values are read "
+             "as YAML; `attnlab models --options FAMILY` lists the fields; a config file gives them as a "
+             "`model_overrides` mapping",
+        group=MODEL, default_factory=dict, shown_default="–", flag="--set", metavar="KEY=VALUE",
+    )
+    data: str = option(
+        "shakespeare",
+        "what to train on: `shakespeare` (the built-in corpus), a `.txt`/`.md` file or folder, "
+        "`.jsonl`/`.json`/`.parquet`, or a Hugging Face dataset `hf:NAME[:CONFIG]`",
+        group=DATA, metavar="SOURCE",
+    )
+    text_field: str = option("text", "field holding the text in JSONL/JSON/parquet/HF records", group=DATA,
+                             metavar="NAME")
+    hf_config: str | None = option(None, "Hugging Face dataset config name (or `hf:NAME:CONFIG`)", group=DATA,
+                                   metavar="NAME")
+    hf_split: str = option("train", "Hugging Face dataset split", group=DATA, metavar="SPLIT")
+    max_docs: int | None = option(None, "read at most this many documents; local sources are otherwise read whole",
+                                  group=DATA, shown_default="100000 for HF datasets", metavar="N")
+    tokenizer: str = option("byte", "`byte` (256 ids), `bpe` (trained on the data), or a pretrained HF tokenizer "
+                            "name/path", group=DATA, metavar="NAME")
+    vocab_size: int = option(4096, "vocabulary size of the BPE tokenizer trained by `--tokenizer bpe`", group=DATA,
+                             metavar="N")
+    val_fraction: float = option(0.1, "fraction of the token stream, its tail, held out for validation",
+                                 group=DATA, metavar="F")
+    batch_size: int = option(16, "sequences per micro-batch and process", group=BATCHING, metavar="N")
+    block_size: int | None = option(None, "context length in tokens", group=BATCHING, shown_default="the model's",
+                                    metavar="N")
+    tokens_per_step: int | None = option(None, "target tokens per optimizer step: sets gradient accumulation",
+                                         group=BATCHING, shown_default="one micro-batch", metavar="N")
+    optimizer: str = option(
+        "adamw", "`adamw`, or `sophia`: SophiaG (any family), clipped diagonal-Hessian steps; try "
+        "`--beta1 0.965 --beta2 0.99` with it", group=OPTIMISATION, metavar="NAME",
+    )
+    max_steps: int = option(1000, "optimizer steps: the length of the schedule", group=OPTIMISATION, metavar="N")
+    lr: float = option(1e-3, "peak learning rate, reached by linear warmup and followed by cosine decay",
+                       group=OPTIMISATION, metavar="LR")
+    min_lr: float | None = option(None, "final learning rate of the cosine decay", group=OPTIMISATION,
+                                  shown_default="lr/10", metavar="LR")
+    warmup_steps: int | None = option(None, "linear warmup steps", group=OPTIMISATION,
+                                      shown_default="min(100, max_steps/10)", metavar="N")
+    weight_decay: float = option(0.1, "decoupled weight decay, on matrices only unless `--decay-embeddings`",
+                                 group=OPTIMISATION, metavar="WD")
+    beta1: float = option(0.9, "first-moment decay of AdamW and SophiaG", group=OPTIMISATION, metavar="B")
+    beta2: float = option(0.95, "second-moment decay of AdamW; SophiaG's Hessian decay", group=OPTIMISATION,
+                          metavar="B")
+    grad_clip: float = option(1.0, "clip the global gradient norm to this; 0: off", group=OPTIMISATION, metavar="NORM")
+    decay_embeddings: bool = option(False, "apply weight decay to the embeddings too", group=OPTIMISATION)
+    sophia_rho: float = option(0.04, "SophiaG rho: the step is clipped where abs(momentum) > rho · hessian",
+                               group=OPTIMISATION, metavar="RHO")
+    hessian_interval: int = option(
+        10, "SophiaG: refresh the Hessian estimate every N steps, from labels sampled from the model",
+        group=OPTIMISATION, metavar="N",
+    )
+    segment_stream: bool = option(
+        False, "Transformer-XL training (models with `mem_len`): each batch row continues its own stream of "
+        "consecutive segments, memory carried; validation then carries memory too", group=BATCHING,
+    )
+    warm_start: str | None = option(
+        None, "copy the input embeddings (and take the tokenizer) of a HF causal LM: a local path or a hub name",
+        group=MODEL, metavar="SRC",
+    )
+    device: str = option("auto", "auto, cpu, cuda, cuda:1, mps", group=RUNTIME, metavar="DEVICE")
+    dtype: str = option("float32", "`float32`, or `bfloat16` autocast", group=RUNTIME, metavar="DTYPE")
+    compile: bool = option(False, "`torch.compile` the model", group=RUNTIME)
+    seed: int = option(1337, "seed for weights, batches and dropout", group=RUNTIME, metavar="N")
+    eval_interval: int = option(200, "validate (and sample) every N steps", group=EVALUATION, metavar="N")
+    eval_tokens: int | None = option(65536, "validation tokens per evaluation; null in a config file: the whole "
+                                     "validation split", group=EVALUATION, metavar="N")
+    log_interval: int = option(10, "log the training loss every N steps", group=EVALUATION, metavar="N")
+    checkpoint_interval: int | None = option(None, "checkpoint every N steps", group=RUN,
+                                             shown_default="eval_interval", metavar="N")
+    sample_tokens: int = option(200, "tokens generated at each validation; 0: none", group=EVALUATION,
+                                metavar="N")
+    sample_prompt: str = option("\n", "prompt of those samples", group=EVALUATION, metavar="TEXT")
+    out_dir: str | None = option(None, "run directory", group=RUN, shown_default="runs/MODEL-PRESET",
+                                 metavar="DIR")
+    resume: bool = option(False, "continue the run in `--out-dir` from its last checkpoint", group=RUN)
+    max_minutes: float | None = option(None, "stop after this many minutes, checkpointed and resumable",
+                                       group=RUN, metavar="MIN")
+    stop_at_step: int | None = option(
+        None, "stop at this step, checkpointed and resumable, without changing the schedule", group=RUN,
+        metavar="N",
+    )
+    progress: bool = option(True, "show a progress bar", group=EVALUATION)
+    tensorboard: bool = option(True, "also log to TensorBoard when it is installed", group=EVALUATION)
 
     def __post_init__(self) -> None:
         if self.warmup_steps is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...errors import ConfigError
 from ...layers.relational import RELATION_ACTIVATIONS, RELATION_FORMS
 from ...layers.symbols import SYMBOL_RETRIEVERS
+from ...options import Help
 from ..config import AttnLabConfig
 
 OUT_PROJECTIONS = ("shared", "per_kind")
@@ -15,13 +16,36 @@ class DATConfig(AttnLabConfig):
 
     ``n_heads`` is derived (n_heads_sa + n_heads_ra) and every head has d_model / n_heads dimensions.
     ``out_proj``: "shared", one d_model × d_model map over all heads; "per_kind", one map per head kind with
-    the two outputs concatenated (block-diagonal), as in the authors' package and the released DAT-LMs.
-    ``n_kv_heads`` counts key/value heads *per head kind*, as in the authors' package: each kind uses
+    the two outputs concatenated (block-diagonal), as in the ``dual-attention`` package and the released DAT-LMs.
+    ``n_kv_heads`` counts key/value heads *per head kind*, as in the ``dual-attention`` package: each kind uses
     min(n_kv_heads, its heads), so the default (None) is MHA for both, 1 is MQA for both. With
     ``n_heads_ra=0`` the model is the GPT baseline with the same parameter names.
     """
 
     model_type = "attnlab_dat"
+    option_help = {
+        "n_heads": Help("derived: set n_heads_sa and n_heads_ra instead", "n_heads_sa + n_heads_ra"),
+        "n_heads_sa": "self-attention heads",
+        "n_heads_ra": "relational heads (0: exactly the GPT baseline, with the same parameter names)",
+        "n_kv_heads": Help("key/value heads per head kind: each kind uses min(n_kv_heads, its heads), so 1 is MQA",
+                           "MHA"),
+        "n_relations": Help("relation dimension d_r, shared by the relational heads", "n_heads_ra"),
+        "rel_proj_dim": Help("width of each relation's φ maps", "head_dim·n_heads_ra/n_relations"),
+        "symmetric_rels": "φ_k = φ_q, so r_ij = r_ji",
+        "rel_activation": "f of the relations: identity, relu, sigmoid, tanh, gelu, silu (all but identity "
+                          "materialise the (B, d_r, N, N) relations)",
+        "rel_form": "`auto` (direct below 4096 keys on the CPU, 256 on GPU, fused from there), `fused` (one SDPA "
+                    "call, O(N) memory) or `direct` (α by blocks of queries)",
+        "out_proj": "`shared` (one d_model × d_model map over all heads) or `per_kind` (one map per head kind, as "
+                    "in the `dual-attention` package and the released DAT-LMs)",
+        "symbol_retrieval": "`symbolic_attention` (attention over a learned library of `n_symbols`), `positional` "
+                            "(a learned symbol per position) or `position_relative` (a learned symbol per offset up "
+                            "to `max_rel_pos`)",
+        "n_symbols": Help("size of the symbol library (symbolic_attention)", "d_model"),
+        "symbol_heads": "heads of the symbolic attention",
+        "trainable_symbols": "learn the symbol library (false: frozen, as in the released DAT-LMs)",
+        "max_rel_pos": Help("largest offset with its own symbol (position_relative)", "block_size − 1"),
+    }
 
     n_heads: int | None = None
     n_heads_sa: int = 2
@@ -53,7 +77,7 @@ class DATConfig(AttnLabConfig):
         if self.max_rel_pos is None:
             self.max_rel_pos = self.block_size - 1
         if self.rel_proj_dim is None and self.n_heads_ra and self.n_relations and self.d_model % heads == 0:
-            width = self.head_dim * self.n_heads_ra  # the authors' default: relation maps as wide as the RA heads
+            width = self.head_dim * self.n_heads_ra  # dual-attention's default: maps as wide as the RA heads
             self.rel_proj_dim = width // self.n_relations if width % self.n_relations == 0 else 0
         super().__post_init__(**kwargs)
 

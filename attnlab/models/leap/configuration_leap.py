@@ -9,16 +9,18 @@ MIXERS = ("leap", "fastformer")
 
 
 class LeapConfig(AttnLabConfig):
-    """Defaults follow the seed (leap-transformer): learned positions, pre-norm, tied head, dropout 0.1,
-    windowed ("local") attention with k_l = 4·2^l in layer l and a global last layer.
-
-    mixer: ``leap`` (query-gated focus attention) or ``fastformer`` (causal Fastformer).
-    use_local_att: windowed layers as above; False makes every layer global.
-    window_sizes: one entry per layer overriding the heuristic, an int k ≥ 1 or None for global
-        (``--set window_sizes=[4,16,null]``); only with use_local_att.
-    """
+    """Defaults follow leap-transformer 1.0: learned positions, pre-norm, tied head, dropout 0.1, windowed
+    ("local") attention with k_l = 4·2^l in layer l and a global last layer."""
 
     model_type = "attnlab_leap"
+    option_help = {
+        "mixer": "`leap` (query-gated focus attention) or `fastformer` (the causal Fastformer of Wu et al. 2021)",
+        "use_local_att": "windowed layers with k_l = 4·2^l in layer l, the last layer global; false: every layer "
+                         "global",
+        "window_sizes": "per-layer windows overriding that rule, one entry per layer: an integer k ≥ 1 or null for "
+                        "global (`--set window_sizes=[4,16,64,null]`); only with use_local_att",
+        "dropout": "as in leap-transformer 1.0 (after each mixer and FFN)",
+    }
 
     dropout: float = 0.1
     mixer: str = "leap"
@@ -58,7 +60,7 @@ class LeapConfig(AttnLabConfig):
 
 # Named sizes; vocab_size is filled in from the tokenizer at training time. "tiny" and "small" match the
 # GPT presets of the same name (same width, depth, heads and context) for side-by-side runs; "paper" is
-# the seed's experiment (d_model 128, 6 layers, windows 4..64 and a global layer, context 2048).
+# leap-transformer's experiment (d_model 128, 6 layers, windows 4..64 and a global layer, context 2048).
 PRESETS: dict[str, dict] = {
     "debug": dict(d_model=32, n_layers=3, n_heads=4, block_size=64),
     "tiny": dict(d_model=128, n_layers=4, n_heads=4, block_size=256),

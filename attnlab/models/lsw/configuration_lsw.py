@@ -1,25 +1,29 @@
-"""LSW Transformer configuration and the size presets of its specification."""
+"""LSW Transformer configuration and the size presets of the LSW Transformer description."""
 
 from __future__ import annotations
 
 from ...errors import ConfigError
+from ...options import Help
 from ..config import AttnLabConfig
 
 
 class LSWConfig(AttnLabConfig):
-    """LSW defaults: reversed RoPE, RMSNorm pre-norm, SwiGLU (hidden 4·d_model), no biases, tied head.
-
-    d_emb: width of the token embedding and tied LM head (None: d_model); ``W_in``/``W_out`` always map it
-        to/from d_model, as in the specification's parameter counts.
-    mem_len: Transformer-XL memory per layer, in tokens (0: none while training; generation then keeps the
-        whole context like a plain KV cache).
-    n_registers: learned key/value slots per layer that every query may attend to (attention sinks).
-    rope_theta: RoPE base of the reversed rotary code; 500000 (the Llama-3 base) by default.
-    simctg_margin, simctg_weight: SimCTG contrastive loss ρ (the paper's 0.5) and its weight, added to the
-        loss in training mode only, so validation losses stay comparable (0: off; the table presets use 1).
-    """
+    """LSW defaults: reversed RoPE, RMSNorm pre-norm, SwiGLU (hidden 4·d_model), no biases, tied head."""
 
     model_type = "attnlab_lsw"
+    option_help = {
+        "d_emb": Help("width of the token embedding and tied LM head; W_in / W_out always map it to and from "
+                      "d_model, as in the LSW Transformer description's parameter counts", "d_model"),
+        "mem_len": "Transformer-XL memory per layer, in tokens (0: none while training; generation then keeps the "
+                   "whole context like a plain KV cache)",
+        "n_registers": "learned key/value slots per layer that every query may attend to (attention sinks)",
+        "simctg_margin": "margin ρ of the SimCTG contrastive loss (Su et al. 2022)",
+        "simctg_weight": "weight of the SimCTG loss, added in training only so validation losses stay comparable "
+                         "(0: off; the size-table presets use 1)",
+        "d_ff": Help("SwiGLU hidden width", "4·d_model"),
+        "pos": "positions; `rope` is reversed RoPE here: the newest token is position 0",
+        "rope_theta": "RoPE base of the reversed rotary code (500000: the Llama-3 base)",
+    }
 
     d_emb: int | None = None
     mem_len: int = 256
@@ -39,6 +43,10 @@ class LSWConfig(AttnLabConfig):
             self.d_ff = 4 * self.d_model
         super().__post_init__(**kwargs)
 
+    @property
+    def carries_memory(self) -> bool:
+        return bool(self.mem_len)
+
     def check(self) -> None:
         super().check()
         if not isinstance(self.d_emb, int) or self.d_emb <= 0:
@@ -55,7 +63,7 @@ class LSWConfig(AttnLabConfig):
             raise ConfigError(f"rope_theta must be positive, got {self.rope_theta}")
 
 
-# The specification's table: (d_model, layers, heads), d_key = 64, a 50272-token vocabulary (OPT's) and
+# The LSW Transformer description's size table: (d_model, layers, heads), d_key = 64, a 50272-token vocabulary (OPT's) and
 # d_emb = 768 (OPT-125m's embeddings, for warm starts). Segments (block_size) and memory are 2048 tokens, and
 # SimCTG is on with the paper's weight 1.
 _TABLE = {

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from ...errors import ConfigError
 from ...layers.metric_attention import METRICS
-from ..config import AttnLabConfig
+from ...options import Help
+from ..config import AttnLabConfig, Presets
 
 
 class MoAMetricConfig(AttnLabConfig):
@@ -16,6 +17,37 @@ class MoAMetricConfig(AttnLabConfig):
     """
 
     model_type = "moa_metric"
+    option_help = {
+        "mqa_q_heads": Help("query heads of the metric MQA head (one shared key/value head)", "n_heads"),
+        "mixer_hidden": Help("hidden width of the ChannelMixHead", "4·d_model"),
+        "conv_kernel": "kernel of the LocalConvHead and of the HyperFFN's conv branch",
+        "router_hidden": "hidden width of the token-wise router",
+        "router_dropout": "dropout in the router",
+        "router_temperature": "temperature T of the router's softmax over heads",
+        "metric": "`l2` (‖q−k‖²), `cosine` (1 − cos) or `maha_diag` (learned diagonal Mahalanobis)",
+        "alpha_init": "initial α_h of the attention weights ∝ exp(−α_h·d(q, k))",
+        "learn_alpha": "learn α_h per head",
+        "maha_init": "initial diagonal of the Mahalanobis metric",
+        "attn_drop": "dropout on the attention weights",
+        "proj_drop": "dropout on each head's output projection",
+        "use_balls": "ball pruning: per head, keys outside a learned ball (origin, radius) are masked",
+        "radius_init": "initial radius of the balls",
+        "learn_radius": "learn the radii",
+        "origin_init_scale": "standard deviation of the initial ball origins (0: all at zero)",
+        "ball_softness": "τ of the soft ball edge 1 − e^{−(r − ‖φ(k) − o‖)/τ}",
+        "ti_reg_weight": "weight of the triangle-inequality regulariser added to the training loss (0: off)",
+        "ti_reg_samples": "triples sampled for that regulariser",
+        "branch_router": "route tokens among the HyperFFN's three branches (false: average them)",
+        "ffn_top_k": "HyperFFN branches each token runs (1 to 3)",
+        "ffn_rank": Help("width of the HyperFFN's low-rank branch", "d_model/4"),
+        "layer_scale_init": "initial LayerScale of both residual branches",
+        "drop_path": "DropPath rate of both residual branches",
+        "ffn": "the HyperFFN's MLP branch: `swiglu` (as in the MoA-100M model card) or `gelu`",
+        "dim": "the MoA-100M model card's name of d_model",
+        "num_layers": "the model card's name of n_layers",
+        "attn_heads": "the model card's name of n_heads",
+        "ffn_hidden": "the model card's name of d_ff",
+    }
     attribute_map = {
         **AttnLabConfig.attribute_map,
         "dim": "d_model",
@@ -26,9 +58,9 @@ class MoAMetricConfig(AttnLabConfig):
 
     ffn: str = "swiglu"
     # heads and router
-    mqa_q_heads: int | None = None  # query heads of the metric MQA head (None: n_heads)
-    mixer_hidden: int | None = None  # ChannelMixHead width (None: 4·d_model)
-    conv_kernel: int = 4  # LocalConvHead and HyperFFN conv branch kernel
+    mqa_q_heads: int | None = None
+    mixer_hidden: int | None = None
+    conv_kernel: int = 4
     router_hidden: int = 128
     router_dropout: float = 0.0
     router_temperature: float = 1.0
@@ -51,7 +83,7 @@ class MoAMetricConfig(AttnLabConfig):
     # HyperFFN and residual branches
     branch_router: bool = True
     ffn_top_k: int = 1
-    ffn_rank: int | None = None  # low-rank branch width (None: d_model // 4)
+    ffn_rank: int | None = None
     layer_scale_init: float = 0.1
     drop_path: float = 0.0
 
@@ -96,9 +128,10 @@ class MoAMetricConfig(AttnLabConfig):
             raise ConfigError("ti_reg_weight > 0 needs ti_reg_samples > 0 triples to sample")
 
 
-# Named sizes; vocab_size is filled in from the tokenizer at training time. "seed" is the model card's example
-# (MoA-100M: dim 768, 12 layers, GPT-2 vocabulary, context 2048).
-PRESETS: dict[str, dict] = {
+# Named sizes; vocab_size is filled in from the tokenizer at training time. "card-example" is the example
+# configuration of the MoA-100M model card (dim 768, 12 layers, GPT-2 vocabulary, context 2048); its first name,
+# "seed", still works with a FutureWarning.
+PRESETS: dict[str, dict] = Presets({
     # debug switches every mechanism on (balls, TI in training, top-1 routing) so the generic tests cover them
     "debug": dict(
         d_model=32, n_layers=2, n_heads=4, mqa_q_heads=2, block_size=64, router_hidden=16, mixer_hidden=64,
@@ -106,9 +139,9 @@ PRESETS: dict[str, dict] = {
     ),
     "tiny": dict(d_model=128, n_layers=4, n_heads=4, block_size=256, router_hidden=32),
     "small": dict(d_model=384, n_layers=6, n_heads=6, block_size=256, router_hidden=64, dropout=0.2),
-    "seed": dict(
+    "card-example": dict(
         vocab_size=50257, d_model=768, n_layers=12, n_heads=8, mqa_q_heads=8, mixer_hidden=3072, d_ff=3072,
         use_balls=True, router_dropout=0.1, attn_drop=0.1, proj_drop=0.1, block_size=2048,
         pad_token_id=50256, bos_token_id=50256, eos_token_id=50256,
     ),
-}
+}, renamed={"seed": "card-example"})
