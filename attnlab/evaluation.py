@@ -43,7 +43,7 @@ def evaluate(
     contiguous streams of consecutive segments and carries the model's memory from one to the next, reset
     at ``eos_token_id`` document boundaries, so each segment also sees the text before it.
     """
-    if memory and not getattr(model.config, "mem_len", 0):
+    if memory and not model.config.carries_memory:
         raise ConfigError(f"memory evaluation needs a model with XL memory (mem_len > 0); {model.config.model_type} has none")
     device = torch.device(device)
     was_training = model.training

@@ -263,7 +263,7 @@ def measure_paired(
 def check_train_with_cache(item: Resolved) -> None:
     """As the trainer's segment streaming: only a bounded memory with relative positions can be carried."""
     config = item.config
-    if not getattr(config, "mem_len", 0):
+    if not config.carries_memory:
         raise ConfigError(f"model {item.spec.label!r}: train_with_cache needs a model with XL memory (mem_len > 0)")
     if config.pos == "learned":
         raise ConfigError(f"model {item.spec.label!r}: train_with_cache needs relative positions (pos='rope'); "

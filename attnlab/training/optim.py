@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .config import TrainConfig
-from .sophia import SophiaG
+from .sophia import HessianRefresh, SophiaG
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_embeddings: bool = False) -> list[dict]:
@@ -35,6 +35,13 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
     if cfg.optimizer == "sophia":
         return SophiaG(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), rho=cfg.sophia_rho)
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def curvature_refresh(optimizer: torch.optim.Optimizer, cfg: TrainConfig, rank: int, world_size: int) -> HessianRefresh | None:
+    """What the optimizer needs between steps besides gradients: SophiaG's Hessian refresh, or nothing."""
+    if isinstance(optimizer, SophiaG):
+        return HessianRefresh(optimizer, cfg.hessian_interval, cfg.seed, rank, world_size)
+    return None
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

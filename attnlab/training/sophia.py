@@ -6,7 +6,8 @@ Per parameter, with gradient g, momentum m and diagonal Hessian estimate h:
     m ← β1 · m + (1 − β1) · g
     θ ← θ − lr · sign(m) · min(|m| / (ρ · h + ε), 1)      the clipped, preconditioned step
 
-and every k steps (the caller's loop) the Gauss-Newton-Bartlett estimate refreshes h:
+and every k steps (``HessianRefresh``, called by the training loop after its step) the Gauss-Newton-Bartlett
+estimate refreshes h:
 
     ĝ = ∇ mean_b CE(logits_b, ŷ_b),  ŷ_b ~ softmax(logits_b)   (labels sampled from the model itself)
     h ← β2 · h + (1 − β2) · B · ĝ ⊙ ĝ                         B = number of sampled labels
@@ -85,3 +86,24 @@ def sampled_label_loss(logits: torch.Tensor, generator: torch.Generator | None =
     with torch.no_grad():
         labels = torch.multinomial(flat.softmax(-1), 1, generator=generator).squeeze(-1)
     return F.cross_entropy(flat, labels)
+
+
+class HessianRefresh:
+    """SophiaG's curvature estimate, refreshed after every ``interval``-th optimizer step on one micro-batch.
+
+    The labels are sampled from the model with a generator seeded by (seed, step, rank), so a resumed run
+    draws the same labels; ``world_size`` processes each contribute one micro-batch's worth of samples.
+    """
+
+    def __init__(self, optimizer: SophiaG, interval: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.optimizer, self.interval = optimizer, interval
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def after_step(self, step: int, logits_of: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor) -> None:
+        """After optimizer step ``step`` (0-based): refresh h when it is due, from ``logits_of(inputs)``."""
+        if (step + 1) % self.interval:
+            return
+        generator = torch.Generator(device=inputs.device).manual_seed(hash((self.seed, step, self.rank)) & (2**63 - 1))
+        sampled_label_loss(logits_of(inputs), generator).backward()
+        self.optimizer.update_hessian(n_samples=inputs.numel() * self.world_size)
+        self.optimizer.zero_grad(set_to_none=True)

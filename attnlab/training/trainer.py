@@ -1,9 +1,12 @@
 """``attnlab train``: one loop for every family, on one CPU or many GPUs (torchrun + DDP).
 
 Determinism is by construction: the batch of (step, micro-step) is a pure function of the seed, the learning
-rate is a pure function of the step, and a checkpoint holds weights, optimizer and RNG (and, for
-Transformer-XL segment streams, the memories). So a run killed at step k and resumed with ``resume=True``
-computes exactly what the uninterrupted run computes.
+rate is a pure function of the step, and a checkpoint holds the named stateful parts of the run (model,
+optimizer, Transformer-XL memories of a segment stream, RNG) and the step, which is the data position. So a
+run killed at step k and resumed with ``resume=True`` computes exactly what the uninterrupted run computes.
+
+The loop reads: batch → forward/backward → optimizer (and what it needs between steps, such as SophiaG's
+Hessian refresh) → log / validate / checkpoint.
 """
 
 from __future__ import annotations
@@ -29,10 +32,9 @@ from ..evaluation import autocast_context, evaluate
 from ..io import write_json
 from ..models import build_config, get_family
 from . import distributed
-from .checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import RNGState, export_model, latest_checkpoint, load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .optim import build_optimizer, lr_at
-from .sophia import SophiaG, sampled_label_loss
+from .optim import build_optimizer, curvature_refresh, lr_at
 
 
 @dataclass
@@ -71,11 +73,12 @@ class Trainer:
                 f"block_size {self.block_size} exceeds the model's {self.model.config.block_size} learned positions"
             )
         self.optimizer = build_optimizer(self.model, cfg)
+        self.curvature = curvature_refresh(self.optimizer, cfg, info.rank, info.world_size)
         self.accum_steps = self._accumulation_steps()
-        self.memories = self._memories()
+        self.streams = self._streams()
         self.state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val_bpb": None}
         if self.checkpoint is not None:
-            self.state = load_checkpoint(self.checkpoint, self.model, self._checkpointed())
+            self.state = load_checkpoint(self.checkpoint, self._checkpoint_parts())
         else:
             torch.manual_seed(cfg.seed + info.rank)  # dropout streams; weights were seeded identically
         self.step_model = self._wrap_model()
@@ -136,20 +139,23 @@ class Trainer:
             warm_start_embeddings(model, cfg.warm_start)
         return model.to(self.device)
 
-    def _memories(self) -> list:
-        """One Transformer-XL memory per micro-step (each holds its own rows' streams), or none."""
+    def _streams(self) -> StreamMemories | None:
+        """Transformer-XL segment streams: one memory per micro-step (each holds its own rows' streams)."""
         if not self.cfg.segment_stream:
-            return []
+            return None
         config = self.model.config
-        if not getattr(config, "mem_len", 0):
+        if not config.carries_memory:
             raise ConfigError(f"segment_stream needs a model with XL memory (mem_len > 0); {self.cfg.model} has none")
         if config.pos == "learned":
             raise ConfigError("segment_stream needs relative positions (pos='rope'): streams outgrow learned ones")
-        return [self.model.make_cache() for _ in range(self.accum_steps)]
+        return StreamMemories([self.model.make_cache() for _ in range(self.accum_steps)], self.device)
 
-    def _checkpointed(self):
-        """What the checkpoint's optimizer file holds: the optimizer, plus the memories of a segment stream."""
-        return _OptimizerAndMemories(self.optimizer, self.memories, self.device) if self.memories else self.optimizer
+    def _checkpoint_parts(self) -> dict[str, Any]:
+        """The named stateful parts a checkpoint saves and a resume restores, in restore order."""
+        parts = {"model": self.model, "optimizer": self.optimizer}
+        if self.streams is not None:
+            parts["memories"] = self.streams
+        return {**parts, "rng": RNGState()}
 
     def _accumulation_steps(self) -> int:
         per_micro = self.cfg.batch_size * self.block_size * self.info.world_size
@@ -232,57 +238,60 @@ class Trainer:
         return over
 
     def _train_step(self, step: int) -> float:
-        cfg, info = self.cfg, self.info
-        lr = lr_at(step, cfg)
+        """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        total = 0.0
-        # One global batch per step, whatever the accumulation and world size; each (micro-step, rank)
-        # takes its own rows. So 2 processes or 2 micro-steps of B rows train exactly like one of 2B.
-        global_rows = cfg.batch_size * info.world_size * self.accum_steps
-        if self.memories:
+            group["lr"] = lr_at(step, self.cfg)
+        batch = self._global_batch(step)
+        loss = self._forward_backward(batch)
+        self._optimizer_step(step, batch)
+        return loss
+
+    def _global_batch(self, step: int) -> dict[str, torch.Tensor]:
+        """One global batch per step, whatever the accumulation and world size; each (micro-step, rank) takes
+        its own rows. So 2 processes or 2 micro-steps of B rows train exactly like one of 2B."""
+        rows = self.cfg.batch_size * self.info.world_size * self.accum_steps
+        if self.streams is not None:
             eos = self.data.tokenizer.eos_token_id
-            xs, ys, docs = self.data.train.stream_batch(step, global_rows, self.block_size, eos)
-        else:
-            xs, ys = self.data.train.batch(step, global_rows, self.block_size, cfg.seed)
+            inputs, targets, documents = self.data.train.stream_batch(step, rows, self.block_size, eos)
+            return {"input_ids": inputs, "shift_labels": targets, "document_ids": documents}
+        inputs, targets = self.data.train.batch(step, rows, self.block_size, self.cfg.seed)
+        return {"input_ids": inputs, "shift_labels": targets}
+
+    def _micro_batch(self, batch: dict[str, torch.Tensor], micro: int) -> dict[str, Any]:
+        """This process's rows of micro-step ``micro``, on the device, with the stream's memory if any."""
+        first = (micro * self.info.world_size + self.info.rank) * self.cfg.batch_size
+        rows = slice(first, first + self.cfg.batch_size)
+        inputs = {name: t[rows].to(self.device) for name, t in batch.items()}
+        if self.streams is None:
+            return {**inputs, "use_cache": False}
+        return {**inputs, "cache": self.streams.memories[micro], "use_cache": True}
+
+    def _forward_backward(self, batch: dict[str, torch.Tensor]) -> float:
+        total = 0.0
         for micro in range(self.accum_steps):
-            first = (micro * info.world_size + info.rank) * cfg.batch_size
-            rows = slice(first, first + cfg.batch_size)
-            x, y = xs[rows].to(self.device), ys[rows].to(self.device)
-            memory = {"use_cache": False}
-            if self.memories:
-                memory = dict(cache=self.memories[micro], use_cache=True,
-                              document_ids=docs[rows].to(self.device))
-            sync = micro == self.accum_steps - 1 or not info.enabled
+            sync = micro == self.accum_steps - 1 or not self.info.enabled
             with contextlib.nullcontext() if sync else self.step_model.no_sync():
-                with autocast_context(self.device, cfg.dtype):
-                    loss = self.step_model(input_ids=x, shift_labels=y, **memory).loss
+                with autocast_context(self.device, self.cfg.dtype):
+                    loss = self.step_model(**self._micro_batch(batch, micro)).loss
                 (loss / self.accum_steps).backward()
             total += loss.detach()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        if isinstance(self.optimizer, SophiaG) and (step + 1) % cfg.hessian_interval == 0:
-            self._refresh_hessian(step, xs[info.rank * cfg.batch_size:][:cfg.batch_size].to(self.device))
         mean = total / self.accum_steps
-        if info.enabled:
+        if self.info.enabled:
             torch.distributed.all_reduce(mean, op=torch.distributed.ReduceOp.AVG)
         return float(mean)
 
-    def _refresh_hessian(self, step: int, x: torch.Tensor) -> None:
-        """SophiaG's Gauss-Newton-Bartlett estimate on one micro-batch, with labels sampled from the model.
-
-        The sampling generator is seeded by (seed, step, rank), so a resumed run draws the same labels.
-        """
-        generator = torch.Generator(device=self.device).manual_seed(
-            hash((self.cfg.seed, step, self.info.rank)) & (2**63 - 1)
-        )
-        with autocast_context(self.device, self.cfg.dtype):
-            logits = self.step_model(input_ids=x, use_cache=False).logits
-        sampled_label_loss(logits, generator).backward()
-        self.optimizer.update_hessian(n_samples=x.numel() * self.info.world_size)
+    def _optimizer_step(self, step: int, batch: dict[str, torch.Tensor]) -> None:
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.curvature is not None:
+            inputs = self._micro_batch(batch, 0)["input_ids"]
+            self.curvature.after_step(step, self._logits, inputs)
+
+    def _logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        with autocast_context(self.device, self.cfg.dtype):
+            return self.step_model(input_ids=input_ids, use_cache=False).logits
 
     # ------------------------------------------------------------------------------- eval and output
     def _validate(self, step: int, tb, bar) -> dict[str, float]:
@@ -299,7 +308,7 @@ class Trainer:
             max_tokens=cfg.eval_tokens,
             device=self.device,
             dtype=cfg.dtype,
-            memory=bool(self.memories),  # a segment-stream run is validated the way it reads text
+            memory=self.streams is not None,  # a segment-stream run is validated the way it reads text
             eos_token_id=self.data.tokenizer.eos_token_id,
         )
         best = self.state["best_val_bpb"]
@@ -344,7 +353,7 @@ class Trainer:
 
     def _save(self) -> None:
         if self.info.is_main:
-            save_checkpoint(self.run_dir, self.model, self._checkpointed(), dict(self.state))
+            save_checkpoint(self.run_dir, self._checkpoint_parts(), dict(self.state))
             export_model(self.run_dir, self.model, self.data.tokenizer)
         distributed.barrier(self.info)
 
@@ -424,18 +433,17 @@ class Trainer:
                 writer.close()
 
 
-class _OptimizerAndMemories:
-    """The optimizer and the XL memories of a segment-stream run, saved and restored together as one state."""
+class StreamMemories:
+    """The Transformer-XL memories of a segment-stream run, one per micro-step, as one checkpoint part."""
 
-    def __init__(self, optimizer: torch.optim.Optimizer, memories: list, device: torch.device):
-        self.optimizer, self.memories, self.device = optimizer, memories, device
+    def __init__(self, memories: list, device: torch.device):
+        self.memories, self.device = memories, device
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "memories": [m.state_dict() for m in self.memories]}
+    def state_dict(self) -> list[dict[str, Any]]:
+        return [m.state_dict() for m in self.memories]
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
-        for memory, saved in zip(self.memories, state["memories"], strict=True):
+    def load_state_dict(self, state: list[dict[str, Any]]) -> None:
+        for memory, saved in zip(self.memories, state, strict=True):
             memory.load_state_dict(_to_device(saved, self.device))
 
 
