@@ -1,4 +1,5 @@
-"""Targets: ratios of two measured rows that a suite states a bound for (the issues' numeric goals).
+"""Targets: ratios of two measured rows that a suite states a bound for (its numeric goals, e.g. ours ≥ 1.5×
+a reference implementation).
 
 A target is a mapping in a suite's ``targets:`` list::
 

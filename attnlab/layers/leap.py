@@ -92,8 +92,8 @@ class LeapAttention(nn.Module):
         (k̄_i, v̄_i) = Σ_{l∈W(i)} softmax_l(s) (k_l, v_l)      focused key and value
         y_i = σ(q_i·k̄_i / √D) · v̄_i                            query gates the focused value
 
-    then an output projection. The score is a dot product of two projections (not the seed's single
-    vector w) so a head can focus by content; the sigmoid query gate lets each position decide how much
+    then an output projection. The score is a dot product of two projections (the LEAP description has a
+    single vector w) so a head can focus by content; the sigmoid query gate lets each position decide how much
     of its window's summary to take. With ``n_kv_heads`` < ``n_heads`` the f, k, v projections and
     their scans are shared by groups of query heads. With RoPE, q and the averaged k are rotated, so the
     gate depends on relative positions (the score uses the unrotated k).
