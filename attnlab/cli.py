@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--options", metavar="FAMILY",
                    help="list the family's model config options (`--set KEY=VALUE`), with defaults and help")
 
-    from .bench.cli import add_bench_parser, add_compare_parser
+    from .bench.cli import add_bench_parser
+    from .compare.cli import add_compare_parser
     from .viz.cli import add_viz_parser
 
     add_bench_parser(sub)
@@ -189,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     keep_freed_memory()  # CPU steps reuse freed memory instead of page-faulting it in again
 
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with streamed text
-    from .bench.cli import cmd_bench, cmd_compare
+    from .bench.cli import cmd_bench
+    from .compare.cli import cmd_compare
     from .viz.cli import cmd_viz
 
     commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info,

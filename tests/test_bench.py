@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from attnlab.bench.compare import CompareConfig
+from attnlab.compare import CompareConfig
 from attnlab.bench.flops import count_flops
 from attnlab.bench.memory import peak_memory_bytes
 from attnlab.bench.report import ROW_FIELDS

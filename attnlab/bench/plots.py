@@ -17,7 +17,8 @@ PANELS = [
 SPREAD = {"time_median_s": ("time_q1_s", "time_q3_s")}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,7 +73,7 @@ def _draw(ax, rows: list[dict[str, Any]], kinds: dict[str, str], field: str, yla
 
 def write_bench_plots(rows: list[dict[str, Any]], out_dir: Path, subtitle: str) -> list[Path]:
     """One PNG per panel that has data, plus ``summary.png`` with all of them."""
-    plt = _pyplot()
+    plt = pyplot()
     written = []
     for name, title, kinds, field, ylabel, scale in PANELS:
         fig, ax = plt.subplots(figsize=(6, 4.2))
@@ -97,26 +98,3 @@ def write_bench_plots(rows: list[dict[str, Any]], out_dir: Path, subtitle: str) 
         written.append(out_dir / "summary.png")
         plt.close(fig)
     return written
-
-
-def write_curves_plot(curves: dict[str, dict[str, list]], path: Path, subtitle: str) -> Path:
-    """Validation loss and bits per byte against tokens seen, one line per model (``attnlab compare``)."""
-    plt = _pyplot()
-    fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for i, (label, curve) in enumerate(curves.items()):
-        color = f"C{i % 10}"
-        if curve["train_tokens"]:
-            ax_loss.plot(curve["train_tokens"], curve["train_loss"], color=color, alpha=0.25, linewidth=1)
-        ax_loss.plot(curve["val_tokens"], curve["val_loss"], "o-", color=color, label=f"{label} (val)", markersize=3)
-        ax_bpb.plot(curve["val_tokens"], curve["val_bpb"], "o-", color=color, label=label, markersize=3)
-    ax_loss.set_ylabel("loss (nats/token); faint: training")
-    ax_bpb.set_ylabel("validation bits per byte")
-    for ax in (ax_loss, ax_bpb):
-        ax.set_xlabel("training tokens")
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(subtitle, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -11,8 +11,8 @@ from typing import Any
 import yaml
 
 from ..io import atomic_path, write_json
-from .compare import CompareResult, ModelOutcome
-from .plots import write_curves_plot
+from ..bench.plots import pyplot
+from .run import CompareResult, ModelOutcome
 
 RESULT_FIELDS = ["label", "family", "preset", "params", "steps", "tokens", "tokens_per_step", "val_loss", "val_ppl",
                  "val_bpb", "best_val_bpb", "train_loss", "tokens_per_s", "train_minutes", "peak_mem_bytes",
@@ -127,3 +127,26 @@ td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child{{t
 <table><tr>{head}</tr>{body}</table>{f'<h2>Not run</h2><ul>{failed}</ul>' if failed else ''}
 <h2>Samples</h2><div class="row">{samples}</div></body></html>
 """
+
+
+def write_curves_plot(curves: dict[str, dict[str, list]], path: Path, subtitle: str) -> Path:
+    """Validation loss and bits per byte against tokens seen, one line per model (``attnlab compare``)."""
+    plt = pyplot()
+    fig, (ax_loss, ax_bpb) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, (label, curve) in enumerate(curves.items()):
+        color = f"C{i % 10}"
+        if curve["train_tokens"]:
+            ax_loss.plot(curve["train_tokens"], curve["train_loss"], color=color, alpha=0.25, linewidth=1)
+        ax_loss.plot(curve["val_tokens"], curve["val_loss"], "o-", color=color, label=f"{label} (val)", markersize=3)
+        ax_bpb.plot(curve["val_tokens"], curve["val_bpb"], "o-", color=color, label=label, markersize=3)
+    ax_loss.set_ylabel("loss (nats/token); faint: training")
+    ax_bpb.set_ylabel("validation bits per byte")
+    for ax in (ax_loss, ax_bpb):
+        ax.set_xlabel("training tokens")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(subtitle, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -21,10 +21,10 @@ from ..io import write_json
 from ..options import Options
 from ..training.checkpoint import latest_checkpoint
 from ..training.config import TrainConfig
-from .env import environment
-from .memory import peak_memory_bytes, state_tensors
-from .runner import make_train_step, pick_device
-from .specs import ModelSpec, parse_model_specs, safe_name
+from ..bench.env import environment
+from ..bench.memory import peak_memory_bytes, state_tensors
+from ..bench.runner import make_train_step, pick_device
+from ..bench.specs import ModelSpec, parse_model_specs, safe_name
 
 PER_MODEL_KEYS = ("model", "preset", "model_overrides", "out_dir", "resume")
 
@@ -96,7 +96,7 @@ class CompareResult:
 
 
 def run_compare(cfg: CompareConfig, console: Console | None = None) -> CompareResult:
-    """Train (or resume, or reuse) every model; the report is written by ``compare_report.write_report``."""
+    """Train (or resume, or reuse) every model; the report is written by ``report.write_report``."""
     from ..training import train
 
     console = console or Console(stderr=True)
