@@ -55,8 +55,8 @@ HTML_LINK = re.compile(r"<(?:a|img)\b[^>]*?\b(?:href|src)\s*=\s*\"([^\"]*)\"", r
 HTML_ANCHOR = re.compile(r"<[a-z]+\b[^>]*?\b(?:id|name)\s*=\s*\"([^\"]*)\"", re.IGNORECASE)
 
 
-def prose_lines(text: str) -> list[str]:
-    """The lines of a Markdown text outside fenced code blocks, inline code spans blanked out."""
+def lines_outside_fences(text: str) -> list[str]:
+    """The lines of a Markdown text outside fenced code blocks, as written."""
     lines, fence = [], None
     for line in text.splitlines():
         m = FENCE.match(line)
@@ -67,8 +67,13 @@ def prose_lines(text: str) -> list[str]:
             if line.strip().startswith(fence):
                 fence = None
             continue
-        lines.append(INLINE_CODE.sub(lambda c: " " * len(c.group(0)), line))
+        lines.append(line)
     return lines
+
+
+def prose_lines(text: str) -> list[str]:
+    """The lines of a Markdown text outside fenced code blocks, inline code spans blanked out."""
+    return [INLINE_CODE.sub(lambda c: " " * len(c.group(0)), line) for line in lines_outside_fences(text)]
 
 
 def heading_text(raw: str) -> str:
@@ -95,17 +100,7 @@ def anchors(path: Path) -> set[str]:
     seen: dict[str, int] = {}
     result = set()
     # Headings are read outside code blocks, but with their backticks intact (code spans are heading text).
-    text = path.read_text(encoding="utf-8")
-    fence = None
-    for line in text.splitlines():
-        m = FENCE.match(line)
-        if fence is None and m:
-            fence = m.group(1)[0] * len(m.group(1))
-            continue
-        if fence is not None:
-            if line.strip().startswith(fence):
-                fence = None
-            continue
+    for line in lines_outside_fences(path.read_text(encoding="utf-8")):
         h = HEADING.match(line)
         if h:
             slug = slugify(h.group(2))
