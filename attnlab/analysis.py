@@ -157,9 +157,11 @@ def analyze(model, tokenizer, prompt: str, *, position: int | None = None, top_k
     }
 
 
-def attention_entry(weights: torch.Tensor, head_labels: list[str], key_labels: list[str]) -> dict[str, Any]:
+def attention_entry(
+    weights: torch.Tensor, head_labels: list[str], key_labels: list[str], title: str = "Softmax attention"
+) -> dict[str, Any]:
     """Softmax maps (heads, T, S) of one layer with a label per head and per key, as JSON-ready data."""
-    return {"weights": to_json(weights), "head_labels": head_labels, "key_labels": key_labels}
+    return {"weights": to_json(weights), "head_labels": head_labels, "key_labels": key_labels, "title": title}
 
 
 # --------------------------------------------------------------------------------------- export, generate

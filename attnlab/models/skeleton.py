@@ -227,6 +227,7 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     backbone_class: type[nn.Module] = Backbone  # a family may swap in its own (e.g. LSW's d_emb projections)
     backbone_inputs: tuple[str, ...] = ()  # forward() keywords handed on to the backbone (LSW: document_ids)
     output_class: type[CausalLMOutputWithPast] = CausalLMOutputWithPast
+    attention_title = "Softmax attention"  # what the viz app calls the maps of output_attentions
 
     def __init__(self, config: AttnLabConfig):
         super().__init__(config)
@@ -283,7 +284,8 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
         for index, weights in enumerate(attentions):
             layer: dict[str, Any] = {"layer": index}
             if weights is not None:
-                layer["attention"] = attention_entry(weights[0], *self.attention_labels(weights[0], tokens))
+                heads, keys = self.attention_labels(weights[0], tokens)
+                layer["attention"] = attention_entry(weights[0], heads, keys, self.attention_title)
             layers.append(layer)
         return layers
 

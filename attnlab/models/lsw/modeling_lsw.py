@@ -108,6 +108,7 @@ class LSWForCausalLM(AttnLabForCausalLM):
     """
 
     config_class = LSWConfig
+    attention_title = "Attention over [registers; memory; tokens]"
     backbone_class = LSWBackbone
     backbone_inputs = ("document_ids",)
     output_class = LSWCausalLMOutput

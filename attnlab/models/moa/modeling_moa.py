@@ -26,6 +26,7 @@ class MoAMetricForCausalLM(AttnLabForCausalLM):
     """The MoA metric LM on the shared skeleton, with a generation cache for every head and branch."""
 
     config_class = MoAMetricConfig
+    attention_title = "Metric MHA attention probabilities"
     _no_split_modules = ["MoABlock"]
 
     def build_mixer(self, config: MoAMetricConfig, layer_idx: int) -> nn.Module:

@@ -63,7 +63,7 @@ function renderTopK() {
 function layer() { return data.layers[Number($("layer").value) || 0]; }
 
 function renderLeapText() {
-  const imp = data.family === "leap" && layer().importance;
+  const imp = layer().importance;
   if (!imp) return;
   const box = $("leap-text");
   box.innerHTML = "";
@@ -89,8 +89,7 @@ function renderLayer() {
   for (const id of ["attention-maps", "leap-maps", "relation-maps", "routing", "symbols", "balls"]) $(id).innerHTML = "";
   $("attention").hidden = !L.attention;
   if (L.attention) {
-    $("attention-title").textContent = data.family === "moa" ? "Metric MHA attention probabilities" :
-      data.family === "lsw" ? "Attention over [registers; memory; tokens]" : "Softmax attention";
+    $("attention-title").textContent = L.attention.title;
     L.attention.weights.forEach((m, h) => heatmap($("attention-maps"), m, L.attention.key_labels, data.tokens,
       `layer ${L.layer} · ${L.attention.head_labels[h]}`, { zmin: 0 }));
   }
