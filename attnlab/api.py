@@ -77,6 +77,26 @@ def generate(
     stream: bool = False,
 ) -> str:
     """``attnlab generate``: the prompt and its continuation as text (printed as it comes when ``stream``)."""
+    return generate_batch(run, [prompt], max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
+                          top_p=top_p, greedy=greedy, seed=seed, device=device, stream=stream)[0]
+
+
+def generate_batch(
+    run: str | Path,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int = 50,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int = 8,
+    stream: bool = False,
+) -> list[str]:
+    """Each prompt and its continuation, generated ``batch_size`` prompts at a time (left-padded: a prompt's
+    greedy continuation is the same alone or in a batch). Generation stops at the tokenizer's end of text."""
     from transformers import TextStreamer
 
     from . import load, load_tokenizer
@@ -85,40 +105,52 @@ def generate(
         raise ConfigError("max_new_tokens must be positive")
     if temperature <= 0 and not greedy:
         raise ConfigError("temperature must be > 0 (or use greedy decoding)")
+    if not prompts:
+        raise ConfigError("no prompt given")
+    if batch_size <= 0:
+        raise ConfigError("batch_size must be positive")
     torch_device = _device(device)
     model, tok = load(run, device=str(torch_device)), load_tokenizer(run)
-    ids = tok(prompt, return_tensors="pt").input_ids.to(torch_device)
-    if ids.shape[1] == 0:
-        raise ConfigError("the prompt encodes to no tokens")
-    ids, max_new_tokens = _fit_context(model.config, ids, max_new_tokens)
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    if tok.pad_token is None:
+        batch_size = 1  # nothing to pad with (a 256-id byte tokenizer of earlier releases): one at a time
+    tok.padding_side = "left"
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=temperature, top_k=top_k,
+                                                         top_p=top_p)
     torch.manual_seed(seed)
-    sampling = (
-        dict(do_sample=False)
-        if greedy
-        else dict(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
-    )
-    out = model.generate(
-        ids,
-        max_new_tokens=max_new_tokens,
-        streamer=TextStreamer(tok, skip_special_tokens=True) if stream else None,
-        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
-        **sampling,
-    )
-    return tok.decode(out[0], skip_special_tokens=True)
+    texts = []
+    for first in range(0, len(prompts), batch_size):
+        batch = tok(prompts[first:first + batch_size], return_tensors="pt", padding=tok.pad_token is not None)
+        ids, mask = batch.input_ids, batch.attention_mask
+        if ids.shape[1] == 0 or bool((mask.sum(-1) == 0).any()):
+            raise ConfigError("a prompt encodes to no tokens")
+        ids, mask, new = _fit_context(model.config, ids, mask, max_new_tokens)
+        out = model.generate(
+            ids.to(torch_device), attention_mask=mask.to(torch_device), max_new_tokens=new,
+            streamer=TextStreamer(tok, skip_special_tokens=True) if stream and len(prompts) == 1 else None,
+            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, **sampling,
+        )
+        for row in range(out.shape[0]):
+            prompt_ids = ids[row][mask[row].bool()].tolist()
+            texts.append(tok.decode(prompt_ids + out[row, ids.shape[1]:].tolist(), skip_special_tokens=True))
+    return texts
 
 
-def _fit_context(config, ids: torch.Tensor, new: int) -> tuple[torch.Tensor, int]:
-    """Learned positions end at block_size: cut the prompt and the output to fit, and say so."""
+def _fit_context(
+    config, ids: torch.Tensor, mask: torch.Tensor, new: int
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Learned positions end at block_size: cut the (left-padded) prompts and the output to fit, and say so."""
     if config.pos != "learned":
-        return ids, new
+        return ids, mask, new
     limit = config.block_size
     if ids.shape[1] >= limit:
-        ids = ids[:, -(limit // 2):]
+        ids, mask = ids[:, -(limit // 2):], mask[:, -(limit // 2):]
         print(f"note: prompt cut to its last {ids.shape[1]} tokens (block_size {limit})", file=sys.stderr)
     if ids.shape[1] + new > limit:
         new = limit - ids.shape[1]
         print(f"note: generating {new} tokens, the most that fit in block_size {limit}", file=sys.stderr)
-    return ids, new
+    return ids, mask, new
 
 
 def info(run: str | Path | None = None, model: str = "gpt", preset: str = "tiny", **overrides) -> dict[str, Any]:

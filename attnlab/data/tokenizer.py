@@ -1,7 +1,9 @@
 """Tokenizers, all as Hugging Face fast tokenizers, so every run saves its own with ``save_pretrained``.
 
-``"byte"`` is the 256 byte values (no training, nothing unknown, ever); ``"bpe"`` is byte-level BPE trained
-on the run's data and cached; anything else is a pretrained tokenizer name or a directory saved earlier.
+``"byte"`` is the 256 byte values plus ``<|endoftext|>`` (no training, nothing unknown, ever); ``"bpe"`` is
+byte-level BPE trained on the run's data and cached; anything else is a pretrained tokenizer name or a
+directory saved earlier. attnlab's own tokenizers use ``<|endoftext|>`` as eos (the document separator, where
+generation stops), pad and bos (the prefix token evaluation harnesses ask for), as GPT-2's does.
 """
 
 from __future__ import annotations
@@ -57,18 +59,30 @@ def build_tokenizer(
 
 
 def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """Exactly 256 ids with id == byte value; no special tokens, so documents are separated by text."""
+    """257 ids: id == byte value for the 256 bytes, then ``<|endoftext|>`` (id 256, 0 bytes of text).
+
+    Runs saved before the special token existed keep their own 256-id tokenizer in the run directory, and
+    load, evaluate and generate with it as before.
+    """
     backend = Tokenizer(models.BPE(vocab={char: byte for byte, char in BYTE_TO_CHAR.items()}, merges=[]))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    return PreTrainedTokenizerFast(tokenizer_object=backend)
+    backend.add_special_tokens([EOS])
+    return _with_special_tokens(backend)
+
+
+def _with_special_tokens(backend: Tokenizer) -> PreTrainedTokenizerFast:
+    """The HF tokenizer around ``backend``, ``<|endoftext|>`` as eos, pad and bos (never added by encoding);
+    padding on the left, where batched generation of a causal LM needs it."""
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=EOS, bos_token=EOS,
+                                   padding_side="left")
 
 
 def train_bpe(documents: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """GPT-2-style byte-level BPE: every byte is in the alphabet, so any text encodes without unknowns.
 
-    ``<|endoftext|>`` (id 0) is the only special token and serves as both eos (the document separator) and
-    pad; training windows are never padded, so sharing the id costs nothing.
+    ``<|endoftext|>`` (id 0) is the only special token and serves as eos (the document separator), pad and
+    bos; training windows are never padded, so sharing the id costs nothing.
     """
     smallest = len(BYTE_TO_CHAR) + 1
     if vocab_size < smallest:
@@ -83,7 +97,7 @@ def train_bpe(documents: Iterable[str], vocab_size: int) -> PreTrainedTokenizerF
         show_progress=False,
     )
     backend.train_from_iterator(documents, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=EOS, pad_token=EOS)
+    return _with_special_tokens(backend)
 
 
 def load_pretrained(spec: str) -> PreTrainedTokenizerFast:
@@ -103,6 +117,8 @@ def load_pretrained(spec: str) -> PreTrainedTokenizerFast:
         ) from exc
     if not isinstance(tokenizer, PreTrainedTokenizerFast):
         raise DataError(f"tokenizer '{spec}' has no fast (tokenizers-backed) version; pick another one")
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # batched generation and pipelines need one (GPT-2 has none)
     return tokenizer
 
 
@@ -163,7 +179,7 @@ def _cached_bpe(
 ) -> PreTrainedTokenizerFast:
     if fingerprint is None:
         return train_bpe(documents(), vocab_size)
-    key = hashlib.sha256(f"bpe-v1\n{fingerprint}\n{vocab_size}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"bpe-v2\n{fingerprint}\n{vocab_size}".encode()).hexdigest()[:16]
     directory = cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{key}"
     if not (directory / "tokenizer.json").is_file():
         _save_atomically(train_bpe(documents(), vocab_size), directory)
