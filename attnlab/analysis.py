@@ -31,23 +31,7 @@ from typing import Any, Iterator
 import torch
 
 from .errors import ConfigError
-
-DIGITS = 5  # rounding of exported floats: plenty for a heatmap, keeps the JSON small
-
-
-def to_json(t: torch.Tensor) -> Any:
-    """Tensor → nested lists of rounded floats; non-finite entries become None (JSON null)."""
-    t = t.detach().double().cpu()
-    finite = torch.isfinite(t)
-    values = t.round(decimals=DIGITS).tolist()
-    if bool(finite.all()):
-        return values
-    mask = finite.tolist()
-
-    def clean(v, m):
-        return [clean(a, b) for a, b in zip(v, m)] if isinstance(v, list) else (v if m else None)
-
-    return clean(values, mask)
+from .models.analysis_data import DIGITS, attention_entry, to_json
 
 
 def token_labels(tokenizer, ids: list[int]) -> list[str]:
@@ -155,13 +139,6 @@ def analyze(model, tokenizer, prompt: str, *, position: int | None = None, top_k
         "next_token_all": all_topk,
         "layers": layers,
     }
-
-
-def attention_entry(
-    weights: torch.Tensor, head_labels: list[str], key_labels: list[str], title: str = "Softmax attention"
-) -> dict[str, Any]:
-    """Softmax maps (heads, T, S) of one layer with a label per head and per key, as JSON-ready data."""
-    return {"weights": to_json(weights), "head_labels": head_labels, "key_labels": key_labels, "title": title}
 
 
 # --------------------------------------------------------------------------------------- export, generate

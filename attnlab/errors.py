@@ -16,3 +16,8 @@ class ConfigError(AttnlabError, ValueError):
 
 class DataError(AttnlabError):
     """A data source that is missing, empty, malformed or unreachable."""
+
+
+class ExportError(AttnlabError):
+    """A model that cannot be exported or shared: a bad source or target folder, modeling code that cannot be
+    made self-contained, or a hub that refuses the upload or cannot be reached."""

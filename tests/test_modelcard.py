@@ -38,8 +38,18 @@ def test_usage_code_in_the_card_runs(tmp_path):
     model.save_pretrained(tmp_path)
     byte_tokenizer().save_pretrained(tmp_path)
     card = render_model_card(model, {"model_name": "m"})
-    assert "| 0 | - | 64 |" in card and "not trained by `attnlab train`" in card
+    assert "| 0 | - | 64 |" in card and "No `attnlab train` run is recorded" in card
     printed = []
     for code in re.findall(r"```python\n(.*?)```", card, re.S):
         exec(code.replace("PATH/TO/m", str(tmp_path)), {"print": printed.append})
     assert len(printed) == 1 and printed[0].startswith("Hello")
+
+
+def test_a_card_without_a_run_names_the_model_and_claims_no_training(tmp_path):
+    model = attnlab.create_model("dat", "debug")
+    model.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    n_params = sum(p.numel() for p in model.parameters())
+    assert re.search(r"^# dat-40K$", card, re.M) and f"({n_params:,})" in card
+    assert "No `attnlab train` run is recorded" in card and "no training run is recorded" in card
+    assert "trained with `attnlab train`" not in card and "trained on `" not in card

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 
-from ..ops.metric import scores
-from ..ops.metric.scores import METRICS
+from ..ops.metric.scores import METRICS, ball_log_edge, coordinates, dot_product_terms
+from ..ops.metric.scores import distance as metric_distance
 from .attention import attend, merge_heads, repeat_kv, split_heads
 from .context import MixerContext
 from .masks import causal_mask, own_key_mask
@@ -108,19 +108,19 @@ class MetricAttention(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """φ(x): coordinates in which the metric is Euclidean, for x of shape (B, H, T, hd) (per-head m)."""
-        return scores.coordinates(x, self.metric, self.maha())
+        return coordinates(x, self.metric, self.maha())
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """d(a, b) along the last axis without α: ‖·‖² for l2/maha_diag (in φ coordinates), 1 − cos for cosine."""
-        return scores.distance(a, b, self.metric, self.maha())
+        return metric_distance(a, b, self.metric, self.maha())
 
     def scores_terms(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(q', k', key bias (B, H, 1, S) or None) such that −α d(q_i, k_j) = q'_i·k'_j + b_j + const(i)."""
-        return scores.dot_product_terms(q, k, self.alpha(), self.metric, self.maha())
+        return dot_product_terms(q, k, self.alpha(), self.metric, self.maha())
 
     def ball_bias(self, k: torch.Tensor) -> torch.Tensor:
         """log of the soft ball edge per head and key, (B, H, 1, S): −inf outside, log(1 − e^(−u/τ)) inside."""
-        return scores.ball_log_edge(self.embed(repeat_kv(k, self.n_heads)), self.origin, self.radius, self.ball_softness)
+        return ball_log_edge(self.embed(repeat_kv(k, self.n_heads)), self.origin, self.radius, self.ball_softness)
 
     def ball_membership(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
         """Which keys of ``x`` lie inside each head's ball, (batch, heads, seq) boolean: what pruning keeps."""

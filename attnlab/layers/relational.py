@@ -20,8 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..ops.relational import forms
-from ..ops.relational.forms import RELATION_ACTIVATIONS
+from ..ops.relational.forms import RELATION_ACTIVATIONS, direct, fused
 from .context import MixerContext
 from .rotary import apply_rotary
 
@@ -105,9 +104,9 @@ class RelationalAttention(nn.Module):
                 sym = packed[..., : Hkv * D]
         dropout = self.dropout if self.training else 0.0
         if self.uses_fused_form(seq, k.shape[-2], ctx.output_attentions, x.device.type):
-            y, weights = forms.fused(q, k, sym, q_rel, k_rel, self.w_r, ctx, dropout), None
+            y, weights = fused(q, k, sym, q_rel, k_rel, self.w_r, ctx, dropout), None
         else:
-            y, weights = forms.direct(q, k, sym, q_rel, k_rel, self.w_r, ctx, activation=self.activation,
+            y, weights = direct(q, k, sym, q_rel, k_rel, self.w_r, ctx, activation=self.activation,
                                       relative_symbols=self.relative_symbols, dropout=dropout)
         return y.transpose(1, 2).reshape(batch, seq, H * D), weights
 

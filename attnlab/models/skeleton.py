@@ -29,6 +29,7 @@ from ..layers.ffn import build_ffn
 from ..layers.masks import attention_bias_mask
 from ..layers.norms import build_norm
 from ..layers.rotary import RotaryEmbedding, rope_inverse_frequencies
+from .analysis_data import attention_entry
 from .config import AttnLabConfig
 from .hf_compat import CACHE_FIELD, one_cache
 
@@ -278,8 +279,6 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     ) -> list[dict[str, Any]]:
         """Per layer, the JSON-ready entries the analysis shows, from that forward's ``output_attentions``
         (one entry per layer, None where a layer returns none) and what the probes recorded."""
-        from ..analysis import attention_entry
-
         layers = []
         for index, weights in enumerate(attentions):
             layer: dict[str, Any] = {"layer": index}

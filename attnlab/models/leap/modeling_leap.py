@@ -10,6 +10,7 @@ from transformers import initialization as init
 
 from ...layers.leap import CausalFastformer, LeapAttention, LeapCache
 from ...ops.leap import window_weights
+from ..analysis_data import to_json
 from ..skeleton import AttnLabForCausalLM
 from .configuration_leap import LeapConfig
 
@@ -53,8 +54,6 @@ class LeapForCausalLM(AttnLabForCausalLM):
 
     def analysis_layers(self, input_ids, attentions, records, tokens) -> list[dict[str, Any]]:
         """No softmax maps: per layer the focus logits and the importance weights α they give (``explain``)."""
-        from ...analysis import to_json
-
         layers = []
         for index, (logits, alpha) in enumerate(zip(attentions, self.explain(input_ids))):
             layers.append({

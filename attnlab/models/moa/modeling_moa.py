@@ -19,6 +19,7 @@ from ...layers.hyperffn import BRANCHES
 from ...layers.metric_attention import MetricAttention
 from ...layers.moa_block import LayerScale, MoABlock
 from ...layers.moa_heads import HEAD_TYPES, ChannelMixHead, LocalConvHead, MixtureOfHeads, MoACache, TokenRouter
+from ..analysis_data import to_json
 from ..skeleton import AttnLabForCausalLM
 from .configuration_moa import MoAMetricConfig
 
@@ -125,8 +126,6 @@ class MoAMetricForCausalLM(AttnLabForCausalLM):
         return probes
 
     def analysis_layers(self, input_ids, attentions, records, tokens) -> list[dict[str, Any]]:
-        from ...analysis import to_json
-
         layers = super().analysis_layers(input_ids, attentions, records, tokens)
         for layer, entry in zip(layers, records["moa"]):
             routing = {"head_types": list(HEAD_TYPES), "heads": to_json(entry["heads"]),
