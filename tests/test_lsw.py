@@ -254,14 +254,14 @@ def test_warm_start_copies_embeddings_and_tokenizer(tmp_path):
     from attnlab.data import build_tokenizer
     from attnlab.models.warm_start import warm_start_embeddings
 
-    donor = GPT2LMHeadModel(GPT2Config(vocab_size=256, n_embd=24, n_layer=1, n_head=2, n_positions=32))
+    donor = GPT2LMHeadModel(GPT2Config(vocab_size=257, n_embd=24, n_layer=1, n_head=2, n_positions=32))
     donor.save_pretrained(tmp_path)
     build_tokenizer("byte", lambda: iter(())).save_pretrained(tmp_path)
-    model = attnlab.create_model("lsw", "debug")
+    model = attnlab.create_model("lsw", "debug", vocab_size=257)
     tokenizer = warm_start_embeddings(model, str(tmp_path))
     assert torch.equal(model.model.embed_tokens.weight, donor.transformer.wte.weight)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
-    assert tokenizer is not None and len(tokenizer) == 256
+    assert tokenizer is not None and len(tokenizer) == 257
     with pytest.raises(ConfigError, match="d_emb=24"):
         warm_start_embeddings(attnlab.create_model("lsw", "debug", d_emb=16), str(tmp_path))
 

@@ -91,7 +91,7 @@ def test_training_learns_and_writes_a_complete_run(corpus, tmp_path):
         assert (run / name).is_file(), name
     assert json.loads((run / "checkpoints" / "latest.json").read_text())["step"] == 40
     model = attnlab.load(run)
-    assert model.config.vocab_size == 256
+    assert model.config.vocab_size == 257  # 256 bytes + <|endoftext|>
 
 
 def test_resume_after_stop_is_bit_exact(corpus, tmp_path):

@@ -1,4 +1,5 @@
-"""Warm-start the word embeddings from any Hugging Face causal LM (the specification uses facebook/opt-125m)."""
+"""Warm-start the word embeddings from any Hugging Face causal LM (the LSW Transformer description uses
+facebook/opt-125m)."""
 
 from __future__ import annotations
 

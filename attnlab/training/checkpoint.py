@@ -6,6 +6,8 @@ each. Layout under ``<run>/checkpoints/``::
     step-000300/model.safetensors   the part "model": weights (safetensors)
     step-000300/optimizer.pt        the part "optimizer" (tensors and numbers only; loaded with weights_only=True)
     step-000300/memories.pt         the part "memories" of a Transformer-XL segment stream, when there is one
+    step-000300/adapter.pt          a LoRA run's part "adapter" (PEFT's adapter state) instead of "model", and
+    step-000300/base.pt             its part "base": the fingerprint of the frozen base the adapter belongs to
     step-000300/rng.pt              the part "rng": CPU and CUDA generator states
     step-000300/state.json          the trainer's counters: step (the data position), tokens seen, elapsed, best
     latest.json                     {"step": 300, "path": "step-000300"}, replaced atomically last
@@ -126,12 +128,15 @@ def _load_part(path: Path, part: str) -> Any:
 
 
 def export_model(run_dir: Path, model, tokenizer) -> None:
-    """Save the model and tokenizer in Hugging Face format at the run root, one file at a time atomically."""
+    """Save the model and tokenizer in Hugging Face format at the run root, one file at a time atomically;
+    ``model=None`` (a LoRA run that keeps only its adapter) saves the tokenizer alone."""
     run_dir = Path(run_dir)
     staging = run_dir / ".export.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    (staging / "README.md").write_text(render_model_card(model, run_metadata(run_dir)))
+    staging.mkdir(parents=True)
+    if model is not None:
+        model.save_pretrained(staging)
+        (staging / "README.md").write_text(render_model_card(model, run_metadata(run_dir)))
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
     for item in staging.iterdir():

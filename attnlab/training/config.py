@@ -15,6 +15,11 @@ OPTIMIZERS = ("adamw", "sophia")
 # option groups, in the order `attnlab train --help` and docs/cli.md show them
 MODEL, DATA, BATCHING, OPTIMISATION = "model", "data", "batching", "optimisation"
 RUNTIME, EVALUATION, RUN = "runtime", "evaluation and logging", "run directory and checkpoints"
+FINETUNING = "fine-tuning"
+# what shapes the learning rate over the steps: changing any of them on resume needs allow_schedule_change
+SCHEDULE = ("max_steps", "lr", "min_lr", "warmup_steps")
+# options that concern one invocation, not the run: a resume does not take them from the saved config
+PER_INVOCATION = ("resume", "stop_at_step", "allow_schedule_change")
 
 
 @dataclass
@@ -47,7 +52,7 @@ class TrainConfig(Options):
     hf_split: str = option("train", "Hugging Face dataset split", group=DATA, metavar="SPLIT")
     max_docs: int | None = option(None, "read at most this many documents; local sources are otherwise read whole",
                                   group=DATA, shown_default="100000 for HF datasets", metavar="N")
-    tokenizer: str = option("byte", "`byte` (256 ids), `bpe` (trained on the data), or a pretrained HF tokenizer "
+    tokenizer: str = option("byte", "`byte` (256 bytes + `<|endoftext|>`), `bpe` (trained on the data), or a pretrained HF tokenizer "
                             "name/path", group=DATA, metavar="NAME")
     vocab_size: int = option(4096, "vocabulary size of the BPE tokenizer trained by `--tokenizer bpe`", group=DATA,
                              metavar="N")
@@ -90,6 +95,28 @@ class TrainConfig(Options):
         None, "copy the input embeddings (and take the tokenizer) of a HF causal LM: a local path or a hub name",
         group=MODEL, metavar="SRC",
     )
+    init_from: str | None = option(
+        None, "fine-tune a saved model: a run directory, an `attnlab export` folder or any attnlab HF model "
+        "directory; its config, weights and tokenizer are the start (`--model`, `--preset` and `--tokenizer` are "
+        "then unused; `--set` may change what keeps the weights' shapes, e.g. dropout)",
+        group=FINETUNING, metavar="DIR",
+    )
+    lora_r: int | None = option(
+        None, "with `--init-from`: train LoRA adapters of this rank through PEFT instead of every weight; the "
+        "run saves them in `adapter/` (needs `pip install attnlab[peft]`)", group=FINETUNING,
+        shown_default="off: full fine-tuning", metavar="R",
+    )
+    lora_alpha: float | None = option(None, "LoRA scaling numerator: the adapters' output is scaled by alpha/r",
+                                      group=FINETUNING, shown_default="lora_r", metavar="A")
+    lora_dropout: float = option(0.0, "dropout on the LoRA adapters' input", group=FINETUNING, metavar="P")
+    lora_targets: str = option(
+        "all-linear", "modules that get adapters: `all-linear` (every linear layer but the LM head) or "
+        "comma-separated module names, e.g. `qkv,out`", group=FINETUNING, metavar="NAMES",
+    )
+    merge: bool = option(
+        False, "LoRA runs: also save the model with the adapters merged in as the run's HF model (without it the "
+        "run keeps only the adapter, which `attnlab generate`/`eval` apply to the source)", group=FINETUNING,
+    )
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps", group=RUNTIME, metavar="DEVICE")
     dtype: str = option("float32", "`float32`, or `bfloat16` autocast", group=RUNTIME, metavar="DTYPE")
     compile: bool = option(False, "`torch.compile` the model", group=RUNTIME)
@@ -103,9 +130,14 @@ class TrainConfig(Options):
     sample_tokens: int = option(200, "tokens generated at each validation; 0: none", group=EVALUATION,
                                 metavar="N")
     sample_prompt: str = option("\n", "prompt of those samples", group=EVALUATION, metavar="TEXT")
-    out_dir: str | None = option(None, "run directory", group=RUN, shown_default="runs/MODEL-PRESET",
+    out_dir: str | None = option(None, "run directory", group=RUN,
+                                 shown_default="runs/MODEL-PRESET; with --init-from runs/SOURCE-ft",
                                  metavar="DIR")
     resume: bool = option(False, "continue the run in `--out-dir` from its last checkpoint", group=RUN)
+    allow_schedule_change: bool = option(
+        False, "resume even though max_steps, lr, min_lr or warmup_steps differ from the run's (the learning "
+        "rate then jumps to the new schedule); without it such a resume is refused", group=RUN,
+    )
     max_minutes: float | None = option(None, "stop after this many minutes, checkpointed and resumable",
                                        group=RUN, metavar="MIN")
     stop_at_step: int | None = option(
@@ -122,7 +154,11 @@ class TrainConfig(Options):
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.out_dir or f"runs/{self.model}-{self.preset}")
+        if self.out_dir:
+            return Path(self.out_dir)
+        if self.init_from:
+            return Path(f"runs/{Path(self.init_from).resolve().name}-ft")
+        return Path(f"runs/{self.model}-{self.preset}")
 
     @property
     def final_lr(self) -> float:
@@ -137,7 +173,8 @@ class TrainConfig(Options):
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("block_size", "tokens_per_step", "checkpoint_interval", "eval_tokens", "stop_at_step"):
+        for name in ("block_size", "tokens_per_step", "checkpoint_interval", "eval_tokens", "stop_at_step", "lora_r",
+                     "lora_alpha"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ConfigError(f"{name} must be positive, got {value}")
@@ -155,7 +192,26 @@ class TrainConfig(Options):
             raise ConfigError(f"sophia_rho must be positive, got {self.sophia_rho}")
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
+        self.check_finetuning()
 
+    def check_finetuning(self) -> None:
+        """LoRA and merging only mean something on a source model; warm start is another start, not both."""
+        if self.init_from and self.warm_start:
+            raise ConfigError("pass init_from or warm_start, not both: init_from already brings its embeddings")
+        if self.lora_r is not None and not self.init_from:
+            raise ConfigError("lora_r needs init_from: LoRA adapts a trained model")
+        if self.merge and self.lora_r is None:
+            raise ConfigError("merge needs lora_r: a full fine-tuning run saves its whole model anyway")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_targets.strip(" ,"):
+            raise ConfigError("lora_targets names no module")
+
+
+def schedule_changes(saved: dict[str, Any], cfg: TrainConfig) -> list[str]:
+    """Each schedule option whose value in ``cfg`` differs from the run's saved config, as "name old → new"."""
+    return [f"{name} {saved[name]} → {getattr(cfg, name)}" for name in SCHEDULE
+            if name in saved and saved[name] != getattr(cfg, name)]
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -31,9 +31,21 @@ from ..errors import ConfigError
 from ..evaluation import autocast_context, evaluate
 from ..io import write_json
 from ..models import build_config, get_family
+from ..models.registry import family_of_config
 from . import distributed
 from .checkpoint import RNGState, export_model, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, schedule_changes
+from .finetune import (
+    AdapterWeights,
+    BaseFingerprint,
+    apply_lora,
+    is_peft_model,
+    load_source_model,
+    merged_copy,
+    require_peft,
+    save_adapter,
+    source_directory,
+)
 from .optim import build_optimizer, curvature_refresh, lr_at
 
 
@@ -46,6 +58,7 @@ class TrainResult:
     val: dict[str, float] = field(default_factory=dict)
     best_val_bpb: float | None = None
     elapsed_s: float = 0.0
+    prompt: str = "\n"  # the opening words of the run's validation text: a prompt in the style of its data
 
 
 def train(cfg: TrainConfig, console: Console | None = None) -> TrainResult:
@@ -65,8 +78,13 @@ class Trainer:
         self.device = distributed.pick_device(cfg.device, info)
         self.run_dir = cfg.run_dir
         self.checkpoint = self._find_checkpoint()
+        self._check_schedule()
+        self.source = self._source()
+        if cfg.lora_r is not None:
+            require_peft()
         self.data = self._prepare_data()
         self.model = self._build_model()
+        self.base_fingerprint = BaseFingerprint(self.model, cfg.init_from) if is_peft_model(self.model) else None
         self.block_size = cfg.block_size or self.model.config.block_size
         if self.block_size > self.model.config.block_size and self.model.config.pos == "learned":
             raise ConfigError(
@@ -92,11 +110,35 @@ class Trainer:
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or pick --out-dir")
         return found
 
+    def _source(self) -> Path | None:
+        """The model fine-tuned from, where this start reads it: a new run, or any LoRA run (its frozen base is
+        there); a full fine-tuning run resumes from its own checkpoint alone."""
+        cfg = self.cfg
+        if not cfg.init_from or (self.checkpoint is not None and cfg.lora_r is None):
+            return None
+        return source_directory(cfg.init_from)
+
+    def _check_schedule(self) -> None:
+        """A resume keeps the run's learning-rate schedule unless ``allow_schedule_change`` confirms a new one."""
+        saved = self.run_dir / "train_config.json"
+        if self.checkpoint is None or not saved.is_file():
+            return
+        changes = ", ".join(schedule_changes(json.loads(saved.read_text()), self.cfg))
+        if not changes:
+            return
+        if not self.cfg.allow_schedule_change:
+            raise ConfigError(f"--resume with another schedule than the run's ({changes}); pass "
+                              "--allow-schedule-change to resume with the new one")
+        if self.info.is_main:
+            self.console.print(f"[yellow]warning:[/] resuming with a changed schedule ({escape(changes)}): the "
+                               "learning rate follows the new one from the checkpoint's step on")
+
     def _prepare_data(self):
         from ..data import prepare_data
 
         cfg = self.cfg
-        tokenizer = cfg.warm_start or cfg.tokenizer  # warm-started embeddings only mean something with their ids
+        # a source's or warm-started embeddings only mean something with their own ids
+        tokenizer = str(self.source) if self.source is not None else cfg.warm_start or cfg.tokenizer
         if self.checkpoint is not None and (self.run_dir / "tokenizer.json").is_file():
             tokenizer = str(self.run_dir)  # the run's own tokenizer, exactly as trained
         kwargs = dict(
@@ -116,10 +158,25 @@ class Trainer:
         return data
 
     def _build_model(self):
+        """The model to train: ``_base_model``, with LoRA adapters when the run trains those."""
+        cfg, vocab = self.cfg, len(self.data.tokenizer)
+        model = self._base_model()
+        if model.config.vocab_size < vocab:
+            raise ConfigError(f"vocab_size {model.config.vocab_size} is smaller than the tokenizer's {vocab} tokens")
+        if cfg.lora_r is not None:
+            torch.manual_seed(cfg.seed)  # identical adapters on every rank
+            model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        return model.to(self.device)
+
+    def _base_model(self):
+        """The source's weights (fine-tuning; a LoRA resume too, its base is frozen), else the run's or a new
+        config's model with fresh weights (a resume then loads its checkpoint into them)."""
         cfg, tok = self.cfg, self.data.tokenizer
+        if self.source is not None:
+            return load_source_model(self.source, cfg.model_overrides)
         if self.checkpoint is not None:
             config = AutoConfig.from_pretrained(self.run_dir)
-            family = get_family(cfg.model)
+            family = family_of_config(config)
         else:
             overrides = dict(cfg.model_overrides)
             overrides.setdefault("vocab_size", len(tok))
@@ -129,15 +186,18 @@ class Trainer:
             overrides.setdefault("pad_token_id", tok.pad_token_id)
             config = build_config(cfg.model, cfg.preset, **overrides)
             family = get_family(cfg.model)
-        if config.vocab_size < len(tok):
-            raise ConfigError(f"vocab_size {config.vocab_size} is smaller than the tokenizer's {len(tok)} tokens")
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
         model = family.model_class(config)
         if cfg.warm_start and self.checkpoint is None:
             from ..models.warm_start import warm_start_embeddings
 
             warm_start_embeddings(model, cfg.warm_start)
-        return model.to(self.device)
+        return model
+
+    @property
+    def family(self) -> str:
+        """The family trained, from the model itself (a fine-tuning run's is its source's, whatever ``model`` says)."""
+        return family_of_config(self.model.config).name
 
     def _streams(self) -> StreamMemories | None:
         """Transformer-XL segment streams: one memory per micro-step (each holds its own rows' streams)."""
@@ -145,17 +205,24 @@ class Trainer:
             return None
         config = self.model.config
         if not config.carries_memory:
-            raise ConfigError(f"segment_stream needs a model with XL memory (mem_len > 0); {self.cfg.model} has none")
+            raise ConfigError(f"segment_stream needs a model with XL memory (mem_len > 0); {self.family} has none")
         if config.pos == "learned":
             raise ConfigError("segment_stream needs relative positions (pos='rope'): streams outgrow learned ones")
         return StreamMemories([self.model.make_cache() for _ in range(self.accum_steps)], self.device)
 
     def _checkpoint_parts(self) -> dict[str, Any]:
         """The named stateful parts a checkpoint saves and a resume restores, in restore order."""
-        parts = {"model": self.model, "optimizer": self.optimizer}
+        parts = {**self._weight_parts(), "optimizer": self.optimizer}
         if self.streams is not None:
             parts["memories"] = self.streams
         return {**parts, "rng": RNGState()}
+
+    def _weight_parts(self) -> dict[str, Any]:
+        """The weights a checkpoint holds: the whole model, or a LoRA run's adapter (its frozen base is the
+        source's, checked against the fingerprint first)."""
+        if self.base_fingerprint is None:
+            return {"model": self.model}
+        return {"base": self.base_fingerprint, "adapter": AdapterWeights(self.model)}
 
     def _accumulation_steps(self) -> int:
         per_micro = self.cfg.batch_size * self.block_size * self.info.world_size
@@ -222,6 +289,7 @@ class Trainer:
             val=val,
             best_val_bpb=self.state["best_val_bpb"],
             elapsed_s=self.state["elapsed_s"],
+            prompt=opening_words(self.data.val, self.data.tokenizer),
         )
 
     def _should_stop(self, step: int, started: float) -> bool:
@@ -354,8 +422,17 @@ class Trainer:
     def _save(self) -> None:
         if self.info.is_main:
             save_checkpoint(self.run_dir, self._checkpoint_parts(), dict(self.state))
-            export_model(self.run_dir, self.model, self.data.tokenizer)
+            self._export()
         distributed.barrier(self.info)
+
+    def _export(self) -> None:
+        """The run's HF model and tokenizer at its root; a LoRA run's adapter in ``adapter/``, and its merged
+        model at the root only with ``merge`` (the tokenizer always)."""
+        model = self.model
+        if is_peft_model(model):
+            save_adapter(model, self.run_dir / "adapter")
+            model = merged_copy(model) if self.cfg.merge else None
+        export_model(self.run_dir, model, self.data.tokenizer)
 
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -363,8 +440,8 @@ class Trainer:
         write_json(
             self.run_dir / "run_info.json",
             {
-                "family": self.cfg.model,
-                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "family": self.family,
+                **self._parameter_counts(),
                 "tokens_per_step": self.tokens_per_step,
                 "accumulation_steps": self.accum_steps,
                 "world_size": self.info.world_size,
@@ -378,15 +455,56 @@ class Trainer:
             keep = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.state["step"]]
             metrics.write_text("".join(line + "\n" for line in keep))
 
+    def _parameter_counts(self) -> dict[str, int]:
+        """The model's size without LoRA adapters (what its model card reports), and what this run trains."""
+        params = list(self.model.parameters())
+        trainable = sum(p.numel() for p in params if p.requires_grad)
+        adapters = trainable if is_peft_model(self.model) else 0
+        return {"parameters": sum(p.numel() for p in params) - adapters, "trainable_parameters": trainable}
+
+    def _description(self) -> str:
+        """What is trained: a family's preset, or the source fine-tuned (fully, or its LoRA adapters)."""
+        cfg = self.cfg
+        if not cfg.init_from:
+            return f"{cfg.model}/{cfg.preset}"
+        how = "all weights"
+        if is_peft_model(self.model):
+            how = f"LoRA r={cfg.lora_r}, {self._parameter_counts()['trainable_parameters']:,} trainable parameters"
+        return f"{self.family} from {escape(cfg.init_from)} ({how})"
+
     def _announce(self) -> None:
-        cfg, n = self.cfg, sum(p.numel() for p in self.model.parameters())
+        cfg, n = self.cfg, self._parameter_counts()["parameters"]
         verb = f"resuming at step {self.state['step']}" if self.checkpoint else "training"
         self.console.print(
-            f"[bold]{verb}[/] {cfg.model}/{cfg.preset}: {n / 1e6:.2f}M parameters on {self.device} "
+            f"[bold]{verb}[/] {self._description()}: {n / 1e6:.2f}M parameters on {self.device} "
             f"({self.info.world_size} process{'es' if self.info.enabled else ''}), "
             f"{len(self.data.train):,} train / {len(self.data.val):,} val tokens, "
             f"{self.tokens_per_step:,} tokens/step × {cfg.max_steps} steps → {self.run_dir}"
         )
+        for warning in self._data_warnings():
+            self.console.print(f"[yellow]warning:[/] {warning}")
+
+    def _data_warnings(self) -> list[str]:
+        """What about the data would surprise: a smaller BPE vocabulary than asked for, too little text."""
+        cfg, tok, warnings = self.cfg, self.data.tokenizer, []
+        if cfg.tokenizer == "bpe" and len(tok) < cfg.vocab_size:
+            warnings.append(
+                f"the bpe tokenizer has {len(tok):,} tokens, not the requested {cfg.vocab_size:,}: the training "
+                f"text ({self.data.meta.get('n_bytes', 0):,} bytes) has no more pairs to merge; the model's "
+                f"vocabulary is {self.model.config.vocab_size:,}"
+            )
+        if len(self.data.train) < self.tokens_per_step:
+            warnings.append(
+                f"the training split has {len(self.data.train):,} tokens, fewer than one optimizer step "
+                f"({self.tokens_per_step:,}): every step reads the same text again"
+            )
+        if len(self.data.val) <= self.block_size:
+            warnings.append(
+                f"the validation split has {len(self.data.val):,} tokens, shorter than one context of "
+                f"{self.block_size:,} + 1: validation scores {max(len(self.data.val) - 1, 0):,} positions only "
+                "(raise --val-fraction or add text)"
+            )
+        return warnings
 
     def _log(self, record: dict[str, Any], tb) -> None:
         if not self.info.is_main:
@@ -431,6 +549,19 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
+
+
+def opening_words(split, tokenizer, words: int = 3, tokens: int = 256) -> str:
+    """The first words of the first whole line of ``split`` (its text starts mid-line, even mid-character): a
+    prompt in the style of the run's own data, for the hint after training."""
+    text = tokenizer.decode([int(t) for t in split.tokens[:tokens]], skip_special_tokens=True)
+    lines = [line for line in text.split("\n")[1:] if line.strip()]
+    if lines:
+        start = lines[0]
+    else:  # no line break: drop the first word, which the split may have cut
+        first_and_rest = text.split(maxsplit=1)
+        start = first_and_rest[1] if len(first_and_rest) > 1 else text
+    return " ".join(start.split()[:words]) or "\n"
 
 
 class StreamMemories:
