@@ -5,7 +5,8 @@ text between is rewritten from the code, so it cannot drift from it. Names:
 
 * ``train-options``: every ``TrainConfig`` field, by group (``attnlab train``'s flags);
 * ``options-shared``: the skeleton's options (``AttnLabConfig``);
-* ``options-FAMILY``: what a family adds to or changes in the skeleton's options;
+* ``options-FAMILY``: what a family (or model kind, ``dat-seq2seq``...) adds to or changes in the options of
+  the config it extends;
 * ``cli-COMMAND``: the arguments of one subcommand's parser (``cli-eval``, ``cli-bench``...).
 
 Regenerate every block with ``python -m attnlab.optiondocs`` (``--check`` only reports stale files).
@@ -91,11 +92,12 @@ def shared_options_markdown() -> str:
 
 
 def family_options_markdown(name: str) -> str:
-    """A family's own options, the skeleton options it gives another default or meaning, and its aliases."""
+    """A family's (or model kind's) own options, the skeleton options it gives another default or meaning, and
+    its aliases."""
     from .models.config import option_docs, own_options
-    from .models.registry import get_family
+    from .models.registry import get_model_kind
 
-    config_class = get_family(name).config_class
+    config_class = get_model_kind(name).config_class
     names = own_options(config_class)
     if not names:
         return f"`{config_class.__name__}` adds no options: every skeleton option applies, with its default."

@@ -10,7 +10,7 @@ import torch
 
 from .errors import DataError
 from .models import build_config
-from .models.registry import family_of_config, get_family
+from .models.registry import get_model_kind, model_kind_of_config
 
 
 def count_parameters(model: torch.nn.Module) -> dict[str, Any]:
@@ -25,7 +25,7 @@ def count_parameters(model: torch.nn.Module) -> dict[str, Any]:
             embedding += param.numel()
         parts = name.split(".")
         component = ".".join(parts[:2]) if parts[0] == "model" and parts[1] != "layers" else (
-            "model.layers" if parts[1:2] == ["layers"] else parts[0])
+            f"{parts[0]}.layers" if parts[1:2] == ["layers"] else parts[0])  # model.layers, encoder.layers...
         by_component[component] += param.numel()
     return {"parameters": total, "non_embedding_parameters": total - embedding, "by_component": dict(by_component)}
 
@@ -37,10 +37,10 @@ def describe(run: str | None, family: str, preset: str, overrides: dict[str, Any
         if not (Path(run) / "config.json").is_file():
             raise DataError(f"{run} is not a saved model: no config.json there")
         config = AutoConfig.from_pretrained(run)
-        fam = family_of_config(config)
+        fam = model_kind_of_config(config)
     else:
         config = build_config(family, preset, **overrides)
-        fam = get_family(family)
+        fam = get_model_kind(family)
     with torch.device("meta"):
         model = fam.model_class(config)
     return {"family": fam.name, "model_type": config.model_type, **count_parameters(model),

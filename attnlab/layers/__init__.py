@@ -2,14 +2,16 @@
 
 from .attention import CausalSelfAttention
 from .context import MixerContext
+from .cross_attention import CrossAttention
 from .ffn import MLP, SwiGLU, build_ffn
-from .masks import attention_bias_mask
+from .masks import attention_bias_mask, padding_mask
 from .norms import build_norm
 from .rotary import RotaryEmbedding, apply_rotary
 
 __all__ = [
     "MLP",
     "CausalSelfAttention",
+    "CrossAttention",
     "MixerContext",
     "RotaryEmbedding",
     "SwiGLU",
@@ -17,4 +19,5 @@ __all__ = [
     "attention_bias_mask",
     "build_ffn",
     "build_norm",
+    "padding_mask",
 ]

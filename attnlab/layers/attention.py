@@ -79,9 +79,11 @@ def attend(
 
     q (batch, heads, q_len, d), k (batch, kv_heads, kv_len, d), v (batch, kv_heads, kv_len, v_dim); kv_heads
     divides heads (GQA). The mask is ``mask`` if given (boolean or float bias), else the context's
-    ``attn_mask``, else causal (``causal=False``: none). Weights (batch, heads, q_len, kv_len) are returned
-    when ``ctx.output_attentions``; ``scale`` defaults to 1/√d; ``dropout`` is the probability to apply.
+    ``attn_mask``, else causal (``causal=False`` or a non-causal context, an encoder's: none). Weights (batch,
+    heads, q_len, kv_len) are returned when ``ctx.output_attentions``; ``scale`` defaults to 1/√d; ``dropout``
+    is the probability to apply.
     """
+    causal = causal and (ctx is None or ctx.causal)
     if mask is None and ctx is not None:
         mask = ctx.attn_mask
     if ctx is not None and ctx.output_attentions:

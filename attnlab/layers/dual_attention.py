@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import initialization as init
 from transformers.cache_utils import DynamicCache
 
 from .attention import self_attention
@@ -27,15 +28,31 @@ class DATCache(DynamicCache):
         return max((self.layers[s].get_seq_length() for s in self.slots(layer_idx) if s < len(self.layers)), default=0)
 
 
-def build_symbol_retriever(config) -> nn.Module:
-    """The retriever ``config.symbol_retrieval`` names (a ``DATConfig``): one is shared by all layers."""
+def build_symbol_retriever(config, *, max_length: int | None = None, bidirectional: bool = False) -> nn.Module:
+    """The retriever ``config.symbol_retrieval`` names (a ``DATConfig``): one is shared by all layers.
+
+    ``max_length``: positions the positional library covers (default ``config.block_size``); ``bidirectional``:
+    relative symbols for offsets of both signs, for a model with non-causal (encoder) layers.
+    """
     if config.symbol_retrieval == "positional":
-        return PositionalSymbols(config.d_model, config.block_size)
+        return PositionalSymbols(config.d_model, max_length or config.block_size)
     if config.symbol_retrieval == "position_relative":
-        return RelativeSymbols(config.d_model, config.max_rel_pos)
+        return RelativeSymbols(config.d_model, config.max_rel_pos, bidirectional=bidirectional)
     return SymbolicAttention(
         config.d_model, config.symbol_heads, config.n_symbols, trainable=config.trainable_symbols, bias=config.bias
     )
+
+
+@torch.no_grad()
+def init_dual_attention_weights(module: nn.Module, std: float) -> None:
+    """What dual attention adds to the GPT-2 init: W_r ~ N(0, std); symbol libraries as the authors'."""
+    if isinstance(module, RelationalAttention):
+        init.normal_(module.w_r, mean=0.0, std=std)
+    elif isinstance(module, SymbolicAttention):
+        init.normal_(module.templates, mean=0.0, std=1.0)
+        init.normal_(module.library, mean=0.0, std=1.0)
+    elif isinstance(module, RelativeSymbols):
+        init.xavier_uniform_(module.table)
 
 
 class DualAttention(nn.Module):
@@ -48,16 +65,19 @@ class DualAttention(nn.Module):
 
     With relational heads the layer receives the block's *input*: symbols are retrieved from the residual
     stream before the norm, as the authors do, so the mixer owns the block's pre-norm (``norm``) and the
-    block gets none (``owns_norm``). Without them nothing moves and the names are the GPT baseline's.
+    block gets none (``owns_norm``). Without them nothing moves and the names are the GPT baseline's. In a
+    post-norm block (``norm_input=False``) the mixer gets the un-normalised input anyway and owns no norm.
+    Whether the heads are causal is the context's (``MixerContext.causal``): the same layer serves a decoder
+    and an encoder.
     """
 
-    def __init__(self, config, layer_idx: int, symbol_retriever: nn.Module | None):
+    def __init__(self, config, layer_idx: int, symbol_retriever: nn.Module | None, *, norm_input: bool = True):
         super().__init__()
         self.n_sa, self.n_ra, self.head_dim = config.n_heads_sa, config.n_heads_ra, config.head_dim
         self.kv_sa = config.kv_heads(self.n_sa)
         self.sa_slot, ra_slot = DATCache.slots(layer_idx)
         self.dropout = config.dropout
-        self.owns_norm = self.n_ra > 0
+        self.owns_norm = self.n_ra > 0 and norm_input
         if self.owns_norm:
             self.norm = build_norm(config.norm, config.d_model, config.norm_eps)
         if self.n_sa:
@@ -94,6 +114,7 @@ class DualAttention(nn.Module):
         heads = []
         if self.n_ra:
             symbols = self._symbol_retriever[0](x, ctx)
+        if self.owns_norm:
             x = self.norm(x)
         if self.n_sa:
             heads.append(self_attention(

@@ -1,4 +1,5 @@
-"""Position-wise feed-forward networks: the GPT-2 GELU MLP and the gated SwiGLU of LLaMA/PaLM."""
+"""Position-wise feed-forward networks: the GPT-2 GELU MLP, the gated SwiGLU of LLaMA/PaLM, and the ReLU MLP of
+the original Transformer (what the DAT authors' sequence-to-sequence models use)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FFNS = ("gelu", "swiglu")
+FFNS = ("gelu", "swiglu")  # what the causal-LM families take; build_ffn also builds "relu"
 
 
 class MLP(nn.Module):
@@ -20,6 +21,13 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.down(F.gelu(self.up(x), approximate="tanh")))
+
+
+class ReLUMLP(MLP):
+    """d_model → d_ff → ReLU → d_model (the original Transformer's FFN)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.relu(self.up(x))))
 
 
 class SwiGLU(nn.Module):
@@ -41,4 +49,6 @@ def build_ffn(kind: str, d_model: int, d_ff: int, bias: bool, dropout: float) ->
         return MLP(d_model, d_ff, bias=bias, dropout=dropout)
     if kind == "swiglu":
         return SwiGLU(d_model, d_ff, bias=bias, dropout=dropout)
-    raise ValueError(f"unknown ffn {kind!r}; choose one of {FFNS}")
+    if kind == "relu":
+        return ReLUMLP(d_model, d_ff, bias=bias, dropout=dropout)
+    raise ValueError(f"unknown ffn {kind!r}; choose one of {FFNS + ('relu',)}")

@@ -1,4 +1,5 @@
-"""Attention masks for causal mixers with padding and a cache, built once per forward."""
+"""Attention masks for causal mixers with padding and a cache, and for non-causal (encoder) mixers with padding,
+built once per forward."""
 
 from __future__ import annotations
 
@@ -32,3 +33,13 @@ def attention_bias_mask(
     if key_padding_mask is not None:
         mask = (mask & key_padding_mask[:, None, None, :].bool()) | own_key_mask(q_len, kv_len, device)[None, None]
     return mask
+
+
+def padding_mask(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """Boolean (batch, 1, 1, kv_len) mask of a non-causal layer, True where a key is a real token; None without
+    padding. It broadcasts over the queries, so every query (padding too) sees all the real keys; a row of
+    nothing but padding sees all its keys, so its (ignored) output is never NaN."""
+    if key_padding_mask is None:
+        return None
+    mask = key_padding_mask.bool()
+    return (mask | ~mask.any(-1, keepdim=True))[:, None, None, :]

@@ -1,9 +1,9 @@
-"""Causal multi-head relational attention (Altabaa & Lafferty 2024, arXiv 2405.16727): the module.
+"""Multi-head relational attention (Altabaa & Lafferty 2024, arXiv 2405.16727), causal or not: the module.
 
 For receiver i and head h, with symbols s_j from a symbol retriever:
 
     A_i^h = Σ_j α_ij^h (r_ij W_r^h + s_j W_s^h)
-    α_i^h = softmax_j(⟨q_h(x_i), k_h(x_j)⟩ / √d_head)                   (φ_attn, causal, GQA-able)
+    α_i^h = softmax_j(⟨q_h(x_i), k_h(x_j)⟩ / √d_head)                   (φ_attn, causal or not, GQA-able)
     r_ij  = (f(⟨φ_q^ℓ(x_i), φ_k^ℓ(x_j)⟩ / √d_proj))_{ℓ=1..n_relations}  (φ_rel; φ_k = φ_q if symmetric)
 
 The relations are shared by all heads (each head has its own W_r^h); the module returns the heads
@@ -84,8 +84,9 @@ class RelationalAttention(nn.Module):
     def forward(
         self, x: torch.Tensor, symbols: torch.Tensor, ctx: MixerContext
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x (batch, seq, d_model); symbols (batch, seq, d_model), or the (max_rel + 1, d_model) table of
-        relative symbols. Returns the heads (batch, seq, n_heads·head_dim) and α if ``output_attentions``."""
+        """x (batch, seq, d_model); symbols (batch, seq, d_model), or the table of relative symbols ((max_rel + 1,
+        d_model) in a causal layer, (2·max_rel + 1, d_model) in a non-causal one: ``ctx.causal``). Returns the heads
+        (batch, seq, n_heads·head_dim) and α if ``output_attentions``."""
         batch, seq, _ = x.shape
         H, Hkv, D = self.n_heads, self.n_kv_heads, self.head_dim
         q, k = self.qk(x).split([H * D, Hkv * D], dim=-1)

@@ -7,9 +7,10 @@ without carrying its features. The paper identifies objects three ways, one modu
 - ``RelativeSymbols``: by position relative to the receiver, s_ij = S[clip(pos_i - pos_j)];
 - ``SymbolicAttention``: by an equivalence class over features, s_j = MHA(x_j W_q, templates, library).
 
-Absolute retrievers return (batch, seq, d_model); the relative one returns its (max_rel_pos + 1, d_model)
-table, indexed by the distance pos_i - pos_j >= 0 (a causal receiver never looks ahead, so offsets j - i > 0
-need no symbols).
+Absolute retrievers return (batch, seq, d_model); the relative one returns its table. A causal receiver never
+looks ahead, so a causal table has max_rel_pos + 1 rows, row d for the offset pos_i - pos_j = d >= 0; an
+encoder's receivers see offsets of both signs, so a ``bidirectional`` table has 2·max_rel_pos + 1 rows, row
+max_rel_pos + d for the offset d, and gives a causal layer (a decoder sharing the retriever) its upper half.
 """
 
 from __future__ import annotations
@@ -42,17 +43,26 @@ class PositionalSymbols(nn.Module):
 
 
 class RelativeSymbols(nn.Module):
-    """s_ij = S[min(pos_i - pos_j, max_rel_pos)]: the table itself; the relational heads index it by distance."""
+    """s_ij = S[clip(pos_i - pos_j)]: the table itself; the relational heads index it by offset.
+
+    ``bidirectional``: offsets -max_rel_pos..max_rel_pos (an encoder), else 0..max_rel_pos (a causal model).
+    """
 
     relative = True
 
-    def __init__(self, d_model: int, max_rel_pos: int):
+    def __init__(self, d_model: int, max_rel_pos: int, *, bidirectional: bool = False):
         super().__init__()
-        self.max_rel_pos = max_rel_pos
-        self.table = nn.Parameter(torch.empty(max_rel_pos + 1, d_model))
+        self.max_rel_pos, self.bidirectional = max_rel_pos, bidirectional
+        self.table = nn.Parameter(torch.empty((2 if bidirectional else 1) * max_rel_pos + 1, d_model))
 
     def forward(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
-        return self.table
+        """The rows a layer of this causality reads: all of them, or a causal layer's half of a bidirectional table."""
+        if not self.bidirectional:
+            if not ctx.causal:
+                raise ValueError("a causal table of relative symbols has no rows for keys ahead of the receiver; "
+                                 "build RelativeSymbols(..., bidirectional=True) for a non-causal layer")
+            return self.table
+        return self.table[self.max_rel_pos :] if ctx.causal else self.table
 
 
 class SymbolicAttention(nn.Module):

@@ -63,6 +63,10 @@ class AttnLabConfig(PreTrainedConfig):
         "intermediate_size": "d_ff",
     }
 
+    # What ``ffn`` and ``pos`` may be (class attributes, not options): a config of another model kind widens them.
+    ffn_kinds = FFNS
+    position_kinds = POSITIONS
+
     vocab_size: int = 256
     d_model: int = 128
     n_layers: int = 4
@@ -114,10 +118,10 @@ class AttnLabConfig(PreTrainedConfig):
             raise ConfigError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.n_heads % self.n_kv_heads:
             raise ConfigError(f"n_heads ({self.n_heads}) must be divisible by n_kv_heads ({self.n_kv_heads})")
-        if self.ffn not in FFNS:
-            raise ConfigError(f"ffn must be one of {FFNS}, got {self.ffn!r}")
-        if self.pos not in POSITIONS:
-            raise ConfigError(f"pos must be one of {POSITIONS}, got {self.pos!r}")
+        if self.ffn not in self.ffn_kinds:
+            raise ConfigError(f"ffn must be one of {self.ffn_kinds}, got {self.ffn!r}")
+        if self.pos not in self.position_kinds:
+            raise ConfigError(f"pos must be one of {self.position_kinds}, got {self.pos!r}")
         if self.norm not in NORMS:
             raise ConfigError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.pos == "rope" and self.head_dim % 2:

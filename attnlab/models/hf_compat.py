@@ -4,7 +4,8 @@ transformers 5.24 renamed ``past_key_values`` to ``cache``: the models' forward 
 ``CausalLMOutputWithPast`` and the key ``generate()`` keeps in its model kwargs (the old name is deprecated,
 to be removed in 5.40). attnlab's models take ``cache=`` on every 5.x release and still accept
 ``past_key_values=`` (what ``generate()`` passes before 5.24); the output carries the cache under the field
-the installed release defines, which ``output_cache`` reads without a deprecation warning.
+the installed release defines (``CACHE_FIELD``, ``SEQ2SEQ_CACHE_FIELD`` for sequence-to-sequence outputs), which
+``output_cache`` reads without a deprecation warning.
 """
 
 from __future__ import annotations
@@ -13,14 +14,20 @@ import dataclasses
 from typing import Any
 
 from transformers.cache_utils import Cache
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import CausalLMOutputWithPast, Seq2SeqLMOutput
 
-CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
+
+def _cache_field(output_class: type) -> str:
+    return "cache" if "cache" in {f.name for f in dataclasses.fields(output_class)} else "past_key_values"
+
+
+CACHE_FIELD = _cache_field(CausalLMOutputWithPast)
+SEQ2SEQ_CACHE_FIELD = _cache_field(Seq2SeqLMOutput)
 
 
 def output_cache(output: Any) -> Cache | None:
     """The cache a model output carries, whichever name this transformers release gives it."""
-    return getattr(output, CACHE_FIELD)
+    return getattr(output, SEQ2SEQ_CACHE_FIELD if isinstance(output, Seq2SeqLMOutput) else CACHE_FIELD)
 
 
 def one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | None:

@@ -13,11 +13,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import initialization as init
 
-from ...layers.dual_attention import DATCache, DualAttention, build_symbol_retriever
+from ...layers.dual_attention import (
+    DATCache,
+    DualAttention,
+    build_symbol_retriever,
+    init_dual_attention_weights,
+)
 from ...layers.relational import RelationalAttention
 from ...layers.symbols import RelativeSymbols, SymbolicAttention
+from ..analysis_data import to_json
 from ..skeleton import AttnLabForCausalLM, Block
 from .configuration_dat import DATConfig
 
@@ -42,8 +47,6 @@ class DATForCausalLM(AttnLabForCausalLM):
 
     def analysis_probes(self, records: dict[str, Any]) -> list[tuple[nn.Module, Callable]]:
         """Per layer with relational heads: the relations r(x_i, x_j) and the symbols its tokens retrieved."""
-        from ...analysis import to_json
-
         entries = records.setdefault("dat", [])
         pending: dict[str, Any] = {}
 
@@ -85,10 +88,4 @@ class DATForCausalLM(AttnLabForCausalLM):
     def _init_weights(self, module: nn.Module) -> None:
         """GPT-2 init for linears/embeddings/norms; W_r ~ N(0, 0.02), symbol libraries as the authors."""
         super()._init_weights(module)
-        if isinstance(module, RelationalAttention):
-            init.normal_(module.w_r, mean=0.0, std=self.config.initializer_range)
-        elif isinstance(module, SymbolicAttention):
-            init.normal_(module.templates, mean=0.0, std=1.0)
-            init.normal_(module.library, mean=0.0, std=1.0)
-        elif isinstance(module, RelativeSymbols):
-            init.xavier_uniform_(module.table)
+        init_dual_attention_weights(module, self.config.initializer_range)

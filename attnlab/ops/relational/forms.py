@@ -9,15 +9,19 @@ For receiver i and head h, with symbols s_j:
   finishes the relations. Memory O(N) (flash / memory-efficient kernels), compute ∝ N² · n_heads ·
   (d_head + n_relations·d_proj).
 - ``direct``. Materialise α. With identity f the relations are still never materialised (α @ φ_k, then
-  the contraction), and α is computed by blocks of queries, each against the keys up to its last query:
-  the q·k products need only d_head (the fused call pads them to the value width on the CPU) and about half
-  of the causal N² is skipped. Any other f materialises r as (batch, n_relations, N, N), as the authors'
-  implementation does. Position-relative symbols always take this path, whole: Σ_j α_ij s_{i-j} needs α
-  explicitly (it is summed along diagonals into (batch, heads, N, max_rel_pos + 1)).
+  the contraction), and α is computed by blocks of queries; in a causal layer each block meets only the keys
+  up to its last query: the q·k products need only d_head (the fused call pads them to the value width on the
+  CPU) and about half of the causal N² is skipped. Any other f materialises r as (batch, n_relations, N, N),
+  as the authors' implementation does. Position-relative symbols always take this path, whole: Σ_j α_ij
+  s_{i-j} needs α explicitly (it is summed along diagonals into (batch, heads, N, table rows)).
   Memory O(N²·(heads [+ n_relations])) for the backward.
 
+Both forms read ``ctx.causal``: a causal layer (a decoder) masks the keys ahead of each query, a non-causal
+one (an encoder) only the padding in ``ctx.attn_mask``, and its relative symbols see offsets of both signs.
+
 Shapes: q (batch, H, seq, D), k (batch, Hkv, kv_len, D), symbol values s W_s (batch, kv_len, Hkv·D) — or the
-(max_rel_pos + 1, Hkv·D) table of relative symbols — φ_q (batch, seq, L·P), φ_k (batch, kv_len, L·P), W_r
+table of relative symbols, (max_rel_pos + 1, Hkv·D) in a causal layer, (2·max_rel_pos + 1, Hkv·D) in a
+non-causal one — φ_q (batch, seq, L·P), φ_k (batch, kv_len, L·P), W_r
 (H, L, D). ``naive.py`` beside this file is the loop these forms are tested against.
 """
 
@@ -88,8 +92,8 @@ def direct(
     """α materialised; relations materialised only for a non-identity activation. Returns (heads, α or None).
 
     With the identity activation and absolute symbols, one matmul α @ [s W_s ; φ_k^rel] gives both sums,
-    by blocks of ``DIRECT_BLOCK_ROWS`` queries: block b meets only the keys up to its last query, so
-    about half of the causal N² is skipped and only one block's α lives at a time in the forward.
+    by blocks of ``DIRECT_BLOCK_ROWS`` queries: only one block's α lives at a time in the forward, and in a
+    causal layer block b meets only the keys up to its last query, so about half of the N² is skipped.
     Position-relative symbols, other activations and ``output_attentions`` need the whole α at once.
     """
     batch, H, seq, D = q.shape
@@ -110,9 +114,9 @@ def direct(
         values = keys if values is None else torch.cat([values, keys], -1)
     summed, alpha, weights = _attend_rows(q, k, values, ctx, slice(0, seq), dropout)
     if relative_symbols:  # Σ_j α_ij s_{i-j} = Σ_d (Σ_{j: i-j=d} α_ij) s_d
-        distances = relative_distances(ctx, kv_len, sym.shape[0] - 1)
+        rows = relative_table_rows(ctx, kv_len, sym.shape[0])
         by_distance = alpha.new_zeros(batch, H, seq, sym.shape[0])
-        by_distance.scatter_add_(-1, distances[:, None].expand_as(alpha), alpha)
+        by_distance.scatter_add_(-1, rows[:, None].expand_as(alpha), alpha)
         table = sym.view(-1, Hkv, D).repeat_interleave(H // Hkv, dim=1).transpose(0, 1)
         y = by_distance @ table
     else:
@@ -128,17 +132,24 @@ def direct(
     return y + relations @ w_r, weights
 
 
-def relative_distances(ctx: MixerContext, kv_len: int, max_rel_pos: int) -> torch.Tensor:
-    """(batch|1, q_len, kv_len) long: min(pos_i - pos_j, max_rel_pos), 0 where j is ahead of i (masked anyway).
+def relative_table_rows(ctx: MixerContext, kv_len: int, table_rows: int) -> torch.Tensor:
+    """(batch|1, q_len, kv_len) long: the row of the relative-symbol table each pair (i, j) reads.
 
-    Positions count real tokens only, so a padded row sees the same distances as the unpadded sequence.
+    Causal layer, table of M + 1 rows: min(pos_i - pos_j, M), 0 where j is ahead of i (masked anyway).
+    Non-causal layer, table of 2M + 1 rows: M + clip(pos_i - pos_j, -M, M), so row M + d is offset d and the
+    causal table is the upper half. Positions count real tokens only, so a padded row sees the same offsets
+    as the unpadded sequence.
     """
     q_pos = ctx.position_ids
     if ctx.key_padding_mask is None:
         k_pos = torch.arange(kv_len, device=q_pos.device)[None]
     else:
         k_pos = (ctx.key_padding_mask.long().cumsum(-1) - 1).clamp(min=0)
-    return (q_pos[:, :, None] - k_pos[:, None, :]).clamp(0, max_rel_pos)
+    offsets = q_pos[:, :, None] - k_pos[:, None, :]
+    if ctx.causal:
+        return offsets.clamp(0, table_rows - 1)
+    max_rel = (table_rows - 1) // 2
+    return offsets.clamp(-max_rel, max_rel) + max_rel
 
 
 def _per_kv_head(k_rel: torch.Tensor, n_kv_heads: int, dtype: torch.dtype) -> torch.Tensor:
@@ -149,18 +160,22 @@ def _per_kv_head(k_rel: torch.Tensor, n_kv_heads: int, dtype: torch.dtype) -> to
 def _attend_rows(
     q: torch.Tensor, k: torch.Tensor, values: torch.Tensor | None, ctx: MixerContext, rows: slice, dropout: float
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
-    """α @ values for the queries ``rows``, over the keys up to the last of them (the rest is masked).
+    """α @ values for the queries ``rows``: over the keys up to the last of them in a causal layer (the rest
+    is masked), over all keys in a non-causal one.
 
     Query heads that share a key/value head are stacked along rows, (batch, kv_heads, groups·rows, ·), so
     keys and values are never repeated per head. Returns (α @ values or None, α after dropout, α).
     """
     batch, H, seq, D = q.shape
     Hkv, n_rows = k.shape[1], rows.stop - rows.start
-    keys_end = k.shape[-2] - (seq - rows.stop)  # past keys + current ones up to the block's end
+    # causal: past keys + current ones up to the block's end; non-causal: every key
+    keys_end = k.shape[-2] - (seq - rows.stop) if ctx.causal else k.shape[-2]
     grouped = (batch, Hkv, H // Hkv * n_rows)
     scores = (q[:, :, rows] * D**-0.5).reshape(*grouped, D) @ k[:, :, :keys_end].transpose(-2, -1)
-    mask = ctx.attn_mask[..., rows, :keys_end] if ctx.attn_mask is not None else None
-    weights = softmax_weights(scores.view(batch, H, n_rows, keys_end), mask, inplace=True)
+    mask = ctx.attn_mask
+    if mask is not None:  # a padding-only mask (batch, 1, 1, kv_len) broadcasts over the queries
+        mask = (mask if mask.shape[-2] == 1 else mask[..., rows, :])[..., :keys_end]
+    weights = softmax_weights(scores.view(batch, H, n_rows, keys_end), mask, causal=ctx.causal, inplace=True)
     alpha = F.dropout(weights, dropout)
     if values is None:
         return None, alpha, weights
