@@ -63,6 +63,8 @@ class DATSeq2SeqConfig(DATConfig):
         "norm_first": "pre-norm blocks (false: post-norm, x = norm(x + sublayer(x)), the authors' seq2seq setting)",
         "final_norm": "a norm after each pre-norm stack (the authors' seq2seq and vision models have none)",
         "scale_embeddings": "multiply token embeddings by √d_model before adding positions (the authors' seq2seq)",
+        "lm_head_bias": "a bias on the LM head (the authors' seq2seq models have one, and an untied head: "
+                        "`tie_word_embeddings=false`)",
         "decoder_start_token_id": "the token the decoder starts from; labels are shifted right behind it",
         "n_kv_heads": Help("key/value heads of every attention (each head kind of both stacks, cross-attention): "
                            "min(n_kv_heads, its heads)", "MHA"),
@@ -80,6 +82,7 @@ class DATSeq2SeqConfig(DATConfig):
     norm_first: bool = True
     final_norm: bool = True
     scale_embeddings: bool = True
+    lm_head_bias: bool = False
     decoder_start_token_id: int | None = None
 
     def __post_init__(self, **kwargs):

@@ -140,7 +140,8 @@ class Seq2SeqDecoder(TokenStack):
 
 
 class DATForSeq2SeqLM(DATPreTrainedModel, GenerationMixin):
-    """Encoder-decoder DAT with an LM head on the decoder (tied to the target embedding by default).
+    """Encoder-decoder DAT with an LM head on the decoder (tied to the target embedding by default; untied and with
+    a bias, ``tie_word_embeddings=False`` and ``lm_head_bias=True``, it is the authors' seq2seq models' head).
 
     ``labels`` (batch, target_len), -100 where ignored, give the loss; without ``decoder_input_ids`` they are
     shifted right behind ``decoder_start_token_id`` (HF's convention), so a batch of (input_ids, attention_mask,
@@ -160,7 +161,7 @@ class DATForSeq2SeqLM(DATPreTrainedModel, GenerationMixin):
             )
         self.encoder = Seq2SeqEncoder(config, retriever)
         self.decoder = Seq2SeqDecoder(config, retriever)
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
         self.post_init()
 
     def get_encoder(self, modality: str | None = None) -> Seq2SeqEncoder:
