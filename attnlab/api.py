@@ -23,44 +23,67 @@ def train(config=None, **options):
 
 def evaluate(
     run: str | Path,
-    data: str = "shakespeare",
+    data: str | None = None,
     *,
     split: str = "val",
-    val_fraction: float = 0.1,
-    text_field: str = "text",
+    val_fraction: float | None = None,
+    text_field: str | None = None,
+    hf_config: str | None = None,
+    hf_split: str | None = None,
+    max_docs: int | None = None,
     block_size: int | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     max_tokens: int | None = None,
+    full: bool = False,
     device: str = "auto",
-    dtype: str = "float32",
-    memory: bool = False,
-) -> dict[str, float]:
+    dtype: str | None = None,
+    memory: bool | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """``attnlab eval``: loss, perplexity and bits per byte of a saved model on a split of ``data``.
+
+    What is not given (None) comes from the run's ``train_config.json``: its data and how it read them, its
+    validation fraction, block and batch size, dtype, segment streaming (``memory``) and validation budget
+    (``max_tokens``: its ``eval_tokens``), so a run scored with nothing given repeats its last validation.
+    ``full=True`` scores the whole split. A model folder without ``train_config.json`` needs ``data``; it is
+    then scored whole, with the defaults of ``attnlab train``.
 
     ``memory=True`` evaluates a Transformer-XL model (lsw) the way segment streaming trains it: contiguous
     streams of consecutive ``block_size`` segments, memory carried over (see ``evaluation.evaluate``).
+    The metrics come with what was scored: ``data``, ``split`` and ``split_tokens`` (the split's targets).
     """
     from . import load, load_tokenizer
     from .data import prepare_data
     from .evaluation import evaluate as evaluate_model
+    from .evaluation import run_eval_settings
 
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
+    if full and max_tokens is not None:
+        raise ConfigError("give either a token budget (max_tokens) or full=True, not both")
     torch_device = _device(device)
-    model = load(run, device=str(torch_device))
-    prepared = prepare_data(data, load_tokenizer(run), val_fraction=val_fraction, text_field=text_field)
-    return evaluate_model(
+    model = load(run, device=str(torch_device))  # first: a wrong path is reported as such
+    settings = run_eval_settings(run, data, val_fraction=val_fraction, text_field=text_field, hf_config=hf_config,
+                                 hf_split=hf_split, max_docs=max_docs, block_size=block_size, batch_size=batch_size,
+                                 eval_tokens=max_tokens, dtype=dtype, segment_stream=memory)
+    prepared = prepare_data(settings.data, load_tokenizer(run), val_fraction=settings.val_fraction,
+                            text_field=settings.text_field, hf_config=settings.hf_config, hf_split=settings.hf_split,
+                            max_docs=settings.max_docs, progress=progress)
+    scored = getattr(prepared, split)
+    metrics = evaluate_model(
         model,
-        getattr(prepared, split),
+        scored,
         byte_lengths=prepared.byte_lengths,
-        batch_size=batch_size,
-        block_size=block_size or model.config.block_size,
-        max_tokens=max_tokens,
+        batch_size=settings.batch_size,
+        block_size=settings.block_size or model.config.block_size,
+        max_tokens=None if full else settings.eval_tokens,
         device=torch_device,
-        dtype=dtype,
-        memory=memory,
+        dtype=settings.dtype,
+        memory=settings.segment_stream,
         eos_token_id=prepared.tokenizer.eos_token_id,
+        progress=progress,
     )
+    return {**metrics, "data": settings.data, "split": split, "split_tokens": scored.n_targets()}
 
 
 def generate(

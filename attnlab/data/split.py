@@ -103,7 +103,7 @@ class TokenSplit:
         come as one final ``(1, rest)`` batch.
         """
         _check_positive(batch_size=batch_size, block_size=block_size)
-        n_targets = self._n_targets(max_tokens)
+        n_targets = self.n_targets(max_tokens)
         n_full = n_targets // block_size
         for first in range(0, n_full, batch_size):
             starts = np.arange(first, min(first + batch_size, n_full)) * block_size
@@ -122,7 +122,7 @@ class TokenSplit:
         batch, which starts a stream of its own. Yields x, y and document ids (see ``stream_batch``).
         """
         _check_positive(batch_size=batch_size, block_size=block_size)
-        n_targets = self._n_targets(max_tokens)
+        n_targets = self.n_targets(max_tokens)
         stream = n_targets // batch_size
         for offset in range(0, stream, block_size):
             length = min(block_size, stream - offset)
@@ -132,7 +132,7 @@ class TokenSplit:
             starts = np.array([stream * batch_size])
             yield *self._windows(starts, rest), self._document_ids(starts, rest, eos_id)
 
-    def _n_targets(self, max_tokens: int | None) -> int:
+    def n_targets(self, max_tokens: int | None = None) -> int:
         """How many next-token targets an evaluation covers: all ``len - 1``, or the first ``max_tokens``."""
         n_targets = max(len(self) - 1, 0)
         if max_tokens is not None:
