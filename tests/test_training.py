@@ -183,3 +183,56 @@ def test_torch_compile_trains_to_the_same_loss(corpus, tmp_path, model):
     eager = train(config(corpus, tmp_path / "eager", max_steps=4, **model))
     compiled = train(config(corpus, tmp_path / "compiled", max_steps=4, compile=True, **model))
     assert compiled.train_loss == pytest.approx(eager.train_loss, rel=1e-4)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_checkpoints_at_the_step_boundary_and_resume_loses_no_step(corpus, tmp_path, run_cli, signum):
+    """SIGTERM (what SLURM sends before killing a job) or SIGINT to a real `attnlab train`: it finishes the step,
+    writes a checkpoint there and exits with 128 + the signal; the resume ends bit-identical to a straight run."""
+    args = ["--model", "gpt", "--preset", "debug", "--data", str(corpus), "--batch-size", "4", "--block-size", "32",
+            "--max-steps", "400", "--warmup-steps", "2", "--eval-interval", "1000", "--checkpoint-interval", "1000",
+            "--log-interval", "1", "--sample-tokens", "0", "--no-progress", "--no-tensorboard", "--seed", "4"]
+    stopped, straight = tmp_path / "stopped", tmp_path / "straight"
+    proc = subprocess.Popen([sys.executable, "-m", "attnlab", "train", *args, "--out-dir", str(stopped)],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}, stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, text=True)
+    try:
+        for line in proc.stderr:  # the first step's log line: training runs, the handlers are installed
+            if line.startswith("step"):
+                break
+        proc.send_signal(signum)
+        rest = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    step = json.loads((stopped / "checkpoints/latest.json").read_text())["step"]
+    assert code == 128 + signum and 1 <= step < 400
+    assert f"stopped by {signal.Signals(signum).name} at step {step}: checkpoint saved" in rest
+    logged = [json.loads(line)["step"] for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert max(logged) == step  # nothing trained after the checkpoint: the resume loses no step
+    until = ["--stop-at-step", str(step + 3)]  # compared three steps on: the schedule is still the 400 steps'
+    code, _, err = run_cli("train", *args, "--out-dir", str(stopped), "--resume", *until)
+    assert code == 0, err
+    assert run_cli("train", *args, "--out-dir", str(straight), *until)[0] == 0
+    a, b = weights(straight), weights(stopped)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_python_api_raises_training_interrupted_after_the_checkpoint(corpus, tmp_path, monkeypatch):
+    """In-process: a SIGTERM during step 3 stops after it, checkpointed; the handlers are put back afterwards."""
+    from attnlab.training.trainer import Trainer
+
+    real_step, before = Trainer._train_step, signal.getsignal(signal.SIGTERM)
+
+    def step_and_signal(self, step):
+        loss = real_step(self, step)
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return loss
+
+    monkeypatch.setattr(Trainer, "_train_step", step_and_signal)
+    with pytest.raises(attnlab.TrainingInterrupted) as stopped:
+        train(config(corpus, tmp_path / "run", max_steps=8, checkpoint_interval=100))
+    assert (stopped.value.step, stopped.value.exit_code, stopped.value.resumable) == (3, 143, True)
+    assert json.loads((tmp_path / "run/checkpoints/latest.json").read_text())["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -7,10 +7,13 @@ screenshot per family there (the README's images).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -50,6 +53,19 @@ def server(runs):
     yield srv
     srv.shutdown()
     srv.server_close()
+
+
+@contextlib.contextmanager
+def serving(runs: list[str], **options):
+    """A server for ``runs`` in a background thread, for the duration of the block."""
+    srv = make_server(runs, port=0, **options)
+    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 def call(server, path: str, body: dict | None = None) -> tuple[int, dict]:
@@ -96,16 +112,19 @@ def test_oversized_prompt_rejected_server_stays_up(server, runs):
 
 def test_bad_model_path_is_an_error_json(server, tmp_path):
     status, payload = call(server, "/api/analyze", {"model": str(tmp_path / "missing"), "prompt": "hi"})
-    assert status == 400 and "not a directory" in payload["error"]
+    assert status == 403 and "outside the runs this server was started with" in payload["error"]
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    status, payload = call(server, "/api/analyze", {"model": str(tmp_path / "broken"), "prompt": "hi"})
-    assert status == 400 and "cannot load model" in payload["error"]
+    with serving([str(tmp_path)]) as inside:  # tmp_path is its run: what lies inside it may be named
+        status, payload = call(inside, "/api/analyze", {"model": str(tmp_path / "missing"), "prompt": "hi"})
+        assert status == 400 and "not a directory" in payload["error"]
+        status, payload = call(inside, "/api/analyze", {"model": str(tmp_path / "broken"), "prompt": "hi"})
+        assert status == 400 and "cannot load model" in payload["error"] and "not valid JSON" in payload["error"]
     assert call(server, "/api/models")[0] == 200
 
 
 def test_model_size_limit(runs):
-    srv = make_server([], port=0, max_parameters=1000)
+    srv = make_server([runs["gpt"]], port=0, max_parameters=1000)
     try:
         with pytest.raises(Exception, match="parameters; this server's limit is 1,000"):
             srv.model(runs["gpt"])
@@ -164,7 +183,7 @@ def test_browser_end_to_end(server, runs, tmp_path):
         page.fill("#model", "/no/such/model")
         page.click("#analyze")
         page.wait_for_selector("#error:not([hidden])")
-        assert "not a directory" in page.locator("#error").inner_text()
+        assert "outside the runs" in page.locator("#error").inner_text()
         page.fill("#model", runs["moa"])
         page.fill("#prompt", "ROMEO: But soft, what light")
         page.click("#generate")
@@ -175,3 +194,141 @@ def test_browser_end_to_end(server, runs, tmp_path):
             for family in FAMILIES:
                 _explore(page, server, runs[family], Path(shots) / f"{family}.png")
         browser.close()
+
+
+# ------------------------------------------------------------------------------------------ abuse and load
+def raw(server, data: bytes, timeout: float = 10) -> tuple[int, dict, bytes]:
+    """Send raw bytes on one connection and end the sending side; the status, the JSON body and what followed
+    the body (nothing: one answer per request)."""
+    host, port = server.server_address[:2]
+    with socket.create_connection((host, port), timeout=timeout) as conn:
+        conn.sendall(data)
+        conn.shutdown(socket.SHUT_WR)
+        received = b""
+        while chunk := conn.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status = int(head.split()[1])
+    headers = dict(line.lower().split(b":", 1) for line in head.split(b"\r\n")[1:])
+    length = int(headers[b"content-length"])
+    return status, json.loads(body[:length]), body[length:]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({"model": 123, "prompt": "hi"}, 400, "no model given"),
+    ({"prompt": ["a"]}, 400, "no model given"),
+    ({"model": "RUN", "prompt": 7}, 400, "the prompt is empty"),
+    ({"model": "RUN", "prompt": "hi", "top_k": "many"}, 400, 'top_k must be an integer, got "many"'),
+    ({"model": "RUN", "prompt": "hi", "top_k": 2.5}, 400, "top_k must be an integer"),
+    ({"model": "RUN", "prompt": "hi", "position": 10**30}, 400, "position must be between"),
+    ({"model": "RUN", "prompt": "hi", "position": 99}, 400, "position 99 is outside the prompt"),
+    ({"model": "RUN", "prompt": "hi", "top_k": {"a": 1}}, 400, "top_k must be an integer"),
+])
+def test_wrong_types_are_400_json(server, runs, body, status, message):
+    body = {k: runs["gpt"] if v == "RUN" else v for k, v in body.items()}
+    code, payload = call(server, "/api/analyze", body)
+    assert code == status and message in payload["error"], payload
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ({"temperature": "nan", "greedy": False}, "temperature must be a positive number"),
+    ({"temperature": -1, "greedy": False}, "temperature must be a positive number"),
+    ({"greedy": "yes"}, 'greedy must be true or false, got "yes"'),
+    ({"seed": -5}, "seed must be between 0 and 4294967295"),
+    ({"max_new_tokens": "ten"}, "max_new_tokens must be an integer"),
+])
+def test_wrong_generation_options_are_400_json(server, runs, body, message):
+    code, payload = call(server, "/api/generate", {"model": runs["gpt"], "prompt": "ab", **body})
+    assert code == 400 and message in payload["error"], payload
+
+
+def test_malformed_http_is_answered_in_json_and_the_server_stays_up(server):
+    cases = [
+        (b"POST /api/analyze HTTP/1.1\r\nContent-Length: 9\r\n\r\n{not json", 400, "the request is not JSON"),
+        (b"POST /api/analyze HTTP/1.1\r\nContent-Length: 2\r\n\r\n[]", 400, "must be a JSON object"),
+        (b'POST /api/analyze HTTP/1.1\r\nContent-Length: 3\r\n\r\n"\xff"', 400, "the request is not JSON"),
+        (b"POST /api/analyze HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400, "Content-Length must be a whole number"),
+        (b"POST /api/analyze HTTP/1.1\r\nContent-Length: lots\r\n\r\n", 400, "Content-Length must be a whole number"),
+        (b"POST /api/analyze HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 411, "not chunked"),
+        (b"POST /api/analyze HTTP/1.1\r\nContent-Length: 20\r\n\r\n{}", 400, "the body ended after 2 of 20 bytes"),
+        (b"PUT /api/analyze HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 501, "Unsupported method"),
+        (b"GARBAGE\r\n\r\n", 400, "Bad request"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", 414, "Request-URI Too Long"),
+        (b"GET /static/../server.py HTTP/1.1\r\nConnection: close\r\n\r\n", 404, "no such page"),
+        (b"GET /static/..%2fserver.py HTTP/1.1\r\nConnection: close\r\n\r\n", 404, "no such page"),
+        (b"POST /api/nothing HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}", 404, "no such endpoint"),
+    ]
+    for data, status, message in cases:
+        started = time.perf_counter()
+        code, payload, rest = raw(server, data)  # the connection closes: no request hangs on it
+        assert (code, rest) == (status, b"") and message.lower() in payload["error"].lower(), (data[:60], payload)
+        assert time.perf_counter() - started < 5
+    assert call(server, "/api/models")[0] == 200
+
+
+def test_oversized_body_is_413_and_the_connection_closes(server):
+    big = b"x" * (1 << 20)
+    code, payload, rest = raw(server, b"POST /api/analyze HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
+    assert code == 413 and "the limit is 65,536" in payload["error"] and rest == b""
+    claim = b"POST /api/analyze HTTP/1.1\r\nContent-Length: 10000000000\r\n\r\n{}"  # claimed, never sent
+    code, payload, _ = raw(server, claim)
+    assert code == 413 and "10,000,000,000 bytes" in payload["error"]
+
+
+def test_model_paths_outside_the_runs_are_refused(server, runs, tmp_path):
+    outside = tmp_path / "secret-model"
+    attnlab.create_model("gpt", "debug").save_pretrained(outside)
+    build_tokenizer("byte").save_pretrained(outside)
+    link = Path(runs["gpt"]) / "escape"  # a symbolic link inside a run that leads out of it
+    link.symlink_to(outside, target_is_directory=True)
+    try:
+        attempts = [str(outside), runs["gpt"] + "/../" + outside.parent.name + "/secret-model", str(link),
+                    "/etc", "~", "~root/.ssh", "../../../../etc/passwd", "/" + "a/" * 3000]
+        for path in attempts:
+            status, payload = call(server, "/api/analyze", {"model": path, "prompt": "hi"})
+            assert status in (400, 403) and "error" in payload, (path, payload)
+            assert status == 403 or "not a valid path" in payload["error"], (path, payload)
+        status, payload = call(server, "/api/analyze", {"model": "bad\u0000path", "prompt": "hi"})
+        assert status == 400 and "not a valid path" in payload["error"]
+        with serving(list(runs.values()), allow_any_path=True) as anything:
+            assert call(anything, "/api/analyze", {"model": str(outside), "prompt": "hi"})[0] == 200
+    finally:
+        link.unlink()
+
+
+def test_model_cache_is_bounded(runs):
+    with serving(list(runs.values()), keep_models=2) as srv:
+        for family in ("gpt", "leap", "dat"):
+            assert call(srv, "/api/analyze", {"model": runs[family], "prompt": "ab"})[0] == 200
+        assert list(srv._models) == [str(Path(runs["leap"]).resolve()), str(Path(runs["dat"]).resolve())]
+
+
+def test_connections_over_the_limit_get_503_json(runs):
+    with serving([runs["gpt"]], max_connections=2) as srv:
+        held = [socket.create_connection(srv.server_address[:2], timeout=10) for _ in range(2)]
+        try:
+            time.sleep(0.2)  # both connections are being served (each thread waits for its request)
+            code, payload, rest = raw(srv, b"GET /api/models HTTP/1.1\r\n\r\n")
+            assert code == 503 and "too many connections" in payload["error"] and rest == b""
+        finally:
+            for conn in held:
+                conn.close()
+        time.sleep(0.2)
+        assert call(srv, "/api/models")[0] == 200
+
+
+def test_200_concurrent_requests_all_get_well_formed_answers(runs):
+    """A bounded loopback load test: 200 requests at once, a mix of valid and abusive ones."""
+    from attnlab.viz.loadtest import run_load
+
+    with serving([runs["gpt"]]) as srv:
+        threads_before = threading.active_count()
+        report = run_load(srv, runs["gpt"], requests=200, concurrency=200, timeout=60)
+        assert report.unanswered == 0 and report.malformed == 0 and report.unexpected == 0, report.lines()
+        assert report.error_answers == 140  # 7 of the 10 kinds are abuse, answered 4xx
+        assert call(srv, "/api/models")[0] == 200
+        assert len(srv._models) == 1
+        deadline = time.time() + 10
+        while threading.active_count() > threads_before + 2 and time.time() < deadline:
+            time.sleep(0.05)  # every connection was closed: its thread ends
+        assert threading.active_count() <= threads_before + 2

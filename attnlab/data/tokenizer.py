@@ -181,8 +181,17 @@ def _cached_bpe(
         return train_bpe(documents(), vocab_size)
     key = hashlib.sha256(f"bpe-v2\n{fingerprint}\n{vocab_size}".encode()).hexdigest()[:16]
     directory = cache_dir() / "tokenizers" / f"bpe-{vocab_size}-{key}"
-    if not (directory / "tokenizer.json").is_file():
-        _save_atomically(train_bpe(documents(), vocab_size), directory)
+    if (directory / "tokenizer.json").is_file():
+        try:
+            return load_pretrained(str(directory))
+        except DataError as exc:  # a damaged cache is trained again, not trusted
+            from rich.console import Console
+            from rich.markup import escape
+
+            Console(stderr=True).print(f"[yellow]warning:[/] the cached tokenizer {escape(str(directory))} is "
+                                       f"damaged ({escape(str(exc)[:160])}); training it again", highlight=False)
+            shutil.rmtree(directory, ignore_errors=True)
+    _save_atomically(train_bpe(documents(), vocab_size), directory)
     return load_pretrained(str(directory))  # the reloaded form, so first and later runs fingerprint alike
 
 

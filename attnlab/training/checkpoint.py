@@ -1,4 +1,4 @@
-"""Resumable training checkpoints, written atomically and loaded without unpickling arbitrary objects.
+"""Resumable training checkpoints that verify themselves, written atomically, loaded without unpickling objects.
 
 A checkpoint is a set of named stateful parts (anything with ``state_dict``/``load_state_dict``), one file
 each. Layout under ``<run>/checkpoints/``::
@@ -10,27 +10,40 @@ each. Layout under ``<run>/checkpoints/``::
     step-000300/base.pt             its part "base": the fingerprint of the frozen base the adapter belongs to
     step-000300/rng.pt              the part "rng": CPU and CUDA generator states
     step-000300/state.json          the trainer's counters: step (the data position), tokens seen, elapsed, best
+    step-000300/config.json         the model's config (the run root's copy may be damaged or newer)
+    step-000300/manifest.json       size and sha256 of every file above, hashed while it was written
     latest.json                     {"step": 300, "path": "step-000300"}, replaced atomically last
 
-A checkpoint directory is complete before ``latest.json`` points at it, so a kill at any moment leaves
-the previous checkpoint usable.
+A checkpoint directory is complete (staged, then renamed) before ``latest.json`` points at it, so a kill at any
+moment leaves the previous checkpoint usable; a write that fails (a full disk) removes what it staged and leaves
+the previous checkpoint and ``latest.json`` untouched. A resume verifies the newest checkpoint against its
+manifest and falls back to the newest intact one, setting a damaged one aside as ``damaged-step-…`` (never
+deleting it). Checkpoints written before manifests existed are verified by reading every file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
 from torch import nn
 
+from ..errors import CorruptFileError, WriteError
 from ..io import atomic_path, write_json
+from ..loading import checkpoint_dirs, first_line, read_json_object
 from ..modelcard import render_model_card, run_metadata
 
 KEEP_LAST = 2
+MANIFEST = "manifest.json"
+WEIGHTS = "model.safetensors"
 
 
 class RNGState:
@@ -48,35 +61,105 @@ class RNGState:
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, parts: dict[str, Any], state: dict[str, Any]) -> Path:
-    """Write every part (``model`` as safetensors, the others with ``torch.save``) and the trainer state into a
-    staging directory, publish it under its step, then point ``latest.json`` at it; keep the last two."""
+# ------------------------------------------------------------------------------------------ writing
+class _HashingWriter:
+    """A binary file that hashes what goes through it: the manifest costs no second read of the checkpoint."""
+
+    def __init__(self, raw: IO[bytes]):
+        self.raw, self.sha256, self.size = raw, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        self.size += memoryview(data).nbytes
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+
+def _write_file(path: Path, fill: Callable[[Any], None]) -> dict[str, Any]:
+    """Write ``path`` through ``fill(file)``, synced to disk; return its manifest entry (size and sha256)."""
+    with open(path, "wb") as raw:
+        out = _HashingWriter(raw)
+        fill(out)
+        raw.flush()
+        os.fsync(raw.fileno())
+    return {"size": out.size, "sha256": out.sha256.hexdigest()}
+
+
+def save_checkpoint(run_dir: Path, parts: dict[str, Any], state: dict[str, Any], config=None) -> Path:
+    """Write every part (``model`` as safetensors, the others with ``torch.save``), the trainer state, the model
+    ``config`` and the manifest into a staging directory, publish it under its step, then point ``latest.json``
+    at it; keep the last two. A failed write (``WriteError``) leaves the previous checkpoint as it was."""
     root = Path(run_dir) / "checkpoints"
     name = f"step-{state['step']:07d}"
-    final = root / name
-    staging = root / f".{name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for part, stateful in parts.items():
-        if part == "model":
-            _save_weights(stateful, staging / "model.safetensors")
-        else:
-            torch.save(stateful.state_dict(), staging / f"{part}.pt")
-    write_json(staging / "state.json", state)
-    shutil.rmtree(final, ignore_errors=True)
-    staging.rename(final)
-    write_json(root / "latest.json", {"step": state["step"], "path": name})
-    for old in sorted(root.glob("step-*"))[:-KEEP_LAST]:
+    final, staging = root / name, root / f".{name}.partial"
+    try:
+        _stage(staging, parts, state, config)
+        _publish(root, staging, final, state["step"])
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if _pointer_target(root) != final:
+            shutil.rmtree(final, ignore_errors=True)
+        raise WriteError(_write_failure(root, name, exc)) from exc
+    for old in checkpoint_dirs(run_dir)[KEEP_LAST:]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def _save_weights(model: nn.Module, path: Path) -> None:
+def _stage(staging: Path, parts: dict[str, Any], state: dict[str, Any], config) -> None:
+    """Every file of the checkpoint, and last its manifest, in ``staging``."""
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    files = {}
+    for part, stateful in parts.items():
+        if part == "model":
+            files[WEIGHTS] = _write_file(staging / WEIGHTS, _weights_writer(stateful))
+        else:
+            files[f"{part}.pt"] = _write_file(staging / f"{part}.pt", _torch_writer(stateful.state_dict()))
+    files["state.json"] = _write_file(staging / "state.json", _bytes_writer(_json_bytes(state)))
+    if config is not None:
+        files["config.json"] = _write_file(staging / "config.json", _bytes_writer(config.to_json_string().encode()))
+    manifest = {"format": 1, "step": state["step"], "files": files}
+    _write_file(staging / MANIFEST, _bytes_writer(_json_bytes(manifest)))
+
+
+def _publish(root: Path, staging: Path, final: Path, step: int) -> None:
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    write_json(root / "latest.json", {"step": step, "path": final.name})
+
+
+def _write_failure(root: Path, name: str, exc: OSError) -> str:
+    previous = [p.name for p in checkpoint_dirs(root.parent) if p.name != name]
+    kept = (f"the previous checkpoint ({previous[0]}) and latest.json are untouched" if previous
+            else "no earlier checkpoint exists")
+    return (f"cannot write checkpoint {name} in {root} ({exc.strerror or exc}): {kept}; free space (or make "
+            "the directory writable) and continue with --resume")
+
+
+def _weights_writer(model: nn.Module) -> Callable[[Any], None]:
+    return _bytes_writer(save_safetensors(_weights(model), metadata={"format": "pt"}))
+
+
+def _torch_writer(obj: Any) -> Callable[[Any], None]:
+    return lambda out: torch.save(obj, out)
+
+
+def _bytes_writer(data: bytes) -> Callable[[Any], None]:
+    return lambda out: out.write(data)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
     # Tied weights share storage; safetensors refuses aliases, so store each tensor once (contiguous clone).
     weights = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     for k in _aliased_keys(model):
         weights.pop(k, None)
-    save_file(weights, str(path))
+    return weights
 
 
 def _aliased_keys(model: nn.Module) -> list[str]:
@@ -91,29 +174,159 @@ def _aliased_keys(model: nn.Module) -> list[str]:
     return aliases
 
 
+# ------------------------------------------------------------------------------------------ finding
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    pointer = Path(run_dir) / "checkpoints" / "latest.json"
-    if not pointer.is_file():
+    """The newest checkpoint directory, unverified (``intact_checkpoint`` verifies)."""
+    found = checkpoint_dirs(run_dir)
+    return found[0] if found else None
+
+
+def _pointer_target(root: Path) -> Path | None:
+    try:
+        return root / read_json_object(root / "latest.json")["path"]
+    except (CorruptFileError, KeyError, TypeError):
         return None
-    path = pointer.parent / json.loads(pointer.read_text())["path"]
-    return path if path.is_dir() else None
 
 
+def intact_checkpoint(run_dir: Path, warn: Callable[[str], None]) -> Path | None:
+    """The newest checkpoint that passes ``verify_checkpoint``. Newer damaged ones are set aside as
+    ``damaged-step-…`` and reported through ``warn``; when none is intact, ``CorruptFileError`` lists why and
+    nothing is moved. None when the run has no checkpoint."""
+    candidates = checkpoint_dirs(run_dir)
+    damaged: list[tuple[Path, str]] = []
+    for path in candidates:
+        problem = verify_checkpoint(path)
+        if problem is None:
+            for bad, why in damaged:
+                kept = _set_aside(bad)
+                warn(f"checkpoint {bad.name} is damaged ({why}): resuming from {path.name} instead; the damaged one "
+                     f"is kept as {kept} (delete it when you no longer need it)")
+            return path
+        damaged.append((path, problem))
+    if damaged:
+        listed = "; ".join(f"{bad.name}: {why}" for bad, why in damaged)
+        raise CorruptFileError(Path(run_dir) / "checkpoints", f"no intact checkpoint to resume from ({listed})",
+                               "restore the files, or start afresh with another --out-dir")
+    return None
+
+
+def _set_aside(path: Path) -> Path:
+    """Rename a damaged checkpoint out of the way of new ones and of pruning; return its new path."""
+    target, n = path.with_name(f"damaged-{path.name}"), 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"damaged-{path.name}-{n}")
+    path.rename(target)
+    return target
+
+
+# ------------------------------------------------------------------------------------------ verifying
+def verify_checkpoint(path: Path) -> str | None:
+    """What is wrong with a checkpoint directory, in a few words, or None when it is intact: every file of its
+    manifest present with its size and sha256; a checkpoint without a manifest (older releases) must read."""
+    if not (path / MANIFEST).exists():
+        return _read_problem(path)
+    try:
+        manifest = read_json_object(path / MANIFEST)
+        files = manifest["files"]
+        entries = [(name, int(e["size"]), str(e["sha256"])) for name, e in files.items()]
+    except CorruptFileError as exc:
+        return f"{MANIFEST}: {exc.problem}"
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return f"{MANIFEST}: not a checkpoint manifest"
+    for name, size, sha256 in entries:
+        problem = _file_problem(path / name, size, sha256)
+        if problem:
+            return f"{name}: {problem}"
+    return None
+
+
+def _file_problem(file: Path, size: int, sha256: str) -> str | None:
+    try:
+        actual = file.stat().st_size
+        if actual != size:
+            return f"{actual:,} bytes, {size:,} expected"
+        return None if _sha256(file) == sha256 else "its bytes differ from the checksum written with it"
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+
+
+def _sha256(file: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(file, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_problem(path: Path) -> str | None:
+    """A checkpoint without a manifest is intact when its state and every part file read."""
+    try:
+        _read_state(path)
+        for file in sorted(path.iterdir()):
+            if file.suffix == ".pt":
+                _read_torch(file)
+            elif file.suffix == ".safetensors":
+                _read_weights(file)
+    except CorruptFileError as exc:
+        return f"{Path(exc.path).name}: {exc.problem}"
+    return None
+
+
+# ------------------------------------------------------------------------------------------ loading
 def load_checkpoint(path: Path, parts: dict[str, Any]) -> dict[str, Any]:
-    """Restore every part in place (tensors go where the part's own state lives); return the trainer state."""
+    """Restore every part in place (tensors go where the part's own state lives); return the trainer state.
+    A file that does not read, or a state that does not fit its part, is a ``CorruptFileError`` naming it."""
     for part, stateful in parts.items():
         if part == "model":
-            _load_weights(stateful, path / "model.safetensors")
+            _load_weights(stateful, path / WEIGHTS)
         else:
-            stateful.load_state_dict(_load_part(path, part))
-    return json.loads((path / "state.json").read_text())
+            _apply(stateful, _load_part(path, part), path / f"{part}.pt")
+    return _read_state(path)
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    state = read_json_object(path / "state.json", "resume from another checkpoint")
+    if not isinstance(state.get("step"), int):
+        raise CorruptFileError(path / "state.json", "has no step", "resume from another checkpoint")
+    return state
+
+
+def _apply(stateful: Any, state: Any, file: Path) -> None:
+    try:
+        stateful.load_state_dict(state)
+    except Exception as exc:  # noqa: BLE001 - a state of another shape or kind: the file is not this run's
+        raise CorruptFileError(file, f"does not fit this run ({first_line(exc)})", "resume from another "
+                               "checkpoint, or check that --out-dir names this run") from None
+
+
+def _read_weights(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except FileNotFoundError:
+        raise CorruptFileError(file, "missing", "resume from another checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - SafetensorError: truncated or not safetensors
+        raise CorruptFileError(file, f"not readable safetensors ({first_line(exc)})",
+                               "resume from another checkpoint") from None
+
+
+def _read_torch(file: Path) -> Any:
+    try:
+        return torch.load(file, weights_only=True, map_location="cpu")
+    except FileNotFoundError:
+        raise CorruptFileError(file, "missing", "resume from another checkpoint") from None
+    except Exception as exc:  # noqa: BLE001 - truncated zip, flipped bytes, or objects that are not tensors
+        raise CorruptFileError(file, f"cannot be read ({first_line(exc)})", "resume from another checkpoint") from None
 
 
 def _load_weights(model: nn.Module, path: Path) -> None:
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    missing, unexpected = model.load_state_dict(_read_weights(path), strict=False)
     missing = set(missing) - set(_aliased_keys(model))
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint {path.parent} does not match the model: missing {missing}, unexpected {unexpected}")
+        raise CorruptFileError(path, f"does not match the model: missing {sorted(missing)[:3]}, unexpected "
+                                     f"{sorted(unexpected)[:3]}", "check that --out-dir names this run")
 
 
 def _load_part(path: Path, part: str) -> Any:
@@ -121,10 +334,10 @@ def _load_part(path: Path, part: str) -> Any:
     memories inside ``optimizer.pt`` as {"optimizer", "memories"}."""
     file = path / f"{part}.pt"
     if part in ("optimizer", "memories") and not (path / "memories.pt").is_file():
-        bundled = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+        bundled = _read_torch(path / "optimizer.pt")
         if isinstance(bundled, dict) and set(bundled) == {"optimizer", "memories"}:
             return bundled[part]
-    return torch.load(file, weights_only=True, map_location="cpu")
+    return _read_torch(file)
 
 
 def export_model(run_dir: Path, model, tokenizer) -> None:
