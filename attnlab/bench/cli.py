@@ -31,6 +31,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--parts", nargs="+", choices=["train", "prefill", "decode"], default=S, help="what to measure")
     p.add_argument("--recompute", dest="no_cache", action=argparse.BooleanOptionalAction, default=S,
                    help="also time decoding without a cache (recompute the context per token; default on)")
+    p.add_argument("--activation-checkpointing", nargs="?", const="full", choices=["none", "full", "selective"],
+                   default=S, metavar="MODE", help="recompute blocks in the training step's backward: full (the "
+                   "flag alone: every block), selective (every other block) or none (default)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=S, help="float32 or bf16 autocast")
     p.add_argument("--device", default=S, help="auto, cpu, cuda, cuda:1")
     p.add_argument("--threads", type=int, default=S, help="CPU threads to pin (default: torch's)")

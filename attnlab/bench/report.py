@@ -21,7 +21,7 @@ from .specs import KIND_NAMES
 
 IDENTITY_FIELDS = ["model", "family", "preset", "match", "implementation", "params", "d_model", "n_layers", "n_heads"]
 MEASURE_FIELDS = [
-    "kind", "seq_len", "batch_size", "dtype", "time_median_s", "time_q1_s", "time_q3_s", "time_min_s", "time_max_s",
+    "kind", "seq_len", "batch_size", "dtype", "activation_checkpointing", "time_median_s", "time_q1_s", "time_q3_s", "time_min_s", "time_max_s",
     "repeats", "tokens_per_s", "flops", "achieved_flops_per_s", "mfu", "peak_mem_bytes", "cache_bytes", "status",
 ]
 ENV_FIELDS = ["device", "device_name", "cpu", "threads", "torch", "transformers", "attnlab", "python", "git_commit",
@@ -66,7 +66,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
     mem, cache = row.get("peak_mem_bytes"), row.get("cache_bytes")
     return [
         row["model"], f"{row['params'] / 1e6:.2f}M", KIND_NAMES[row["kind"]], str(row["seq_len"]),
-        str(row["batch_size"]), f"{1e3 * ms:.2f}" if ok else "", iqr, f"{row['tokens_per_s']:,.0f}" if ok else "",
+        str(row["batch_size"]), row.get("activation_checkpointing", "none"), f"{1e3 * ms:.2f}" if ok else "", iqr, f"{row['tokens_per_s']:,.0f}" if ok else "",
         f"{row['flops'] / 1e9:.2f}" if ok and row.get("flops") else "",
         f"{100 * row['mfu']:.1f}%" if ok and row.get("mfu") is not None else "",
         f"{mem / 2**20:.1f}" if ok and mem is not None else "",
@@ -75,20 +75,23 @@ def _cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
-HEADERS = ["model", "params", "measure", "len", "batch", "median ms", "IQR ms", "tok/s", "GFLOP", "MFU", "peak MiB",
+HEADERS = ["model", "params", "measure", "len", "batch", "checkpointing", "median ms", "IQR ms", "tok/s", "GFLOP", "MFU", "peak MiB",
            "cache MiB", "status"]
 LEGEND = ("train: forward+backward+AdamW step, len = sequence length; prefill: forward filling the cache; "
           "decode: per-token latency with the cache after len tokens of context; recompute: per token without a "
           "cache (the whole context again). tok/s counts batch × len tokens for train/prefill, batch per decode "
-          "step. IQR: interquartile range of the repetitions. cache MiB: what the cache holds after the context and the decoded tokens.")
+          "step. IQR: interquartile range of the repetitions. cache MiB: what the cache holds after the context "
+          "and the decoded tokens. checkpointing: blocks recomputed in the training step's backward (full: all, "
+          "selective: every other).")
 
 
 def _columns(result: BenchResult) -> list[int]:
     """Indices of the columns to show: status only when something failed, cache only when decoding ran,
-    batch only when models ran with different batches."""
+    batch only when models ran with different batches, checkpointing only when some model used it."""
     shown = {"status": any(row["status"] != "ok" for row in result.rows),
              "cache MiB": any(row.get("cache_bytes") is not None for row in result.rows),
-             "batch": len(_batch_sizes(result)) > 1}
+             "batch": len(_batch_sizes(result)) > 1,
+             "checkpointing": any(row.get("activation_checkpointing", "none") != "none" for row in result.rows)}
     return [i for i, h in enumerate(HEADERS) if shown.get(h, True)]
 
 

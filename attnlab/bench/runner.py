@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..errors import AttnlabError, ConfigError
 from ..evaluation import autocast_context
+from ..models.checkpointing import enable_activation_checkpointing
 from ..models.hf_compat import output_cache
 from ..options import Options
 from .env import environment
@@ -56,6 +57,7 @@ class BenchConfig(Options):
     parts: list[str] = field(default_factory=lambda: list(PARTS))
     no_cache: bool = True
     train_with_cache: bool = False
+    activation_checkpointing: str = "none"  # none, full or selective: blocks recomputed in training steps
     dtype: str = "float32"
     device: str = "auto"
     threads: int | None = None
@@ -111,6 +113,7 @@ class Plan:
 
     ``train_with_cache`` passes the model's cache (e.g. a Transformer-XL memory) from one training step to
     the next, as the trainer's segment streaming does, so steps attend to the previous segment's memory.
+    ``activation_checkpointing`` (none, full, selective) recomputes blocks in the training step's backward.
     """
 
     seq_lens: list[int]
@@ -119,6 +122,7 @@ class Plan:
     batch_size: int
     no_cache: bool
     train_with_cache: bool
+    activation_checkpointing: str
     decode_tokens: int
 
     def jobs(self) -> list[tuple[str, int]]:
@@ -312,15 +316,26 @@ class ModelBench:
         torch.manual_seed(cfg.seed)
         config = item.config
         self.model = build_model(item.spec, config).to(device)
-        self.unsupported: dict[str, str] = getattr(self.model, "unsupported", {})
+        self.unsupported: dict[str, str] = dict(getattr(self.model, "unsupported", {}))
+        self.checkpoint_blocks(self.plan.activation_checkpointing)
         reference = REFERENCES.get(item.spec.reference) if item.spec.reference else None
         self.identity = {
             "model": item.spec.label, "family": item.spec.family, "preset": item.spec.preset, "match": cfg.match,
             "implementation": f"{reference.name} {reference.version()}" if reference else "attnlab",
             "params": item.params, "d_model": config.d_model, "n_layers": config.n_layers,
             "n_heads": config.n_heads, "dtype": cfg.dtype, "batch_size": self.plan.batch_size,
+            "activation_checkpointing": self.plan.activation_checkpointing,
         }
         self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def checkpoint_blocks(self, mode: str) -> None:
+        """Activation checkpointing for the training rows; a model without it gets "n/a" training rows."""
+        if mode == "none":
+            return
+        if not getattr(self.model, "supports_gradient_checkpointing", False):
+            self.unsupported["train"] = f"n/a: no activation checkpointing in {type(self.model).__name__}"
+            return
+        enable_activation_checkpointing(self.model, mode)
 
     def tokens(self, length: int) -> torch.Tensor:
         shape = (self.plan.batch_size, length)

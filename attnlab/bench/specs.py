@@ -39,7 +39,9 @@ PARTS = ("train", "prefill", "decode")
 # Row kinds (the ``kind`` field) and their names in tables; a target may use either.
 KIND_NAMES = {"train": "train", "prefill": "prefill", "decode_cache": "decode", "decode_nocache": "recompute"}
 # What a model entry (mapping) may set for itself, replacing the run's value for that model only.
-MEASURE_OPTIONS = ("seq_lens", "contexts", "parts", "batch_size", "no_cache", "train_with_cache")
+MEASURE_OPTIONS = ("seq_lens", "contexts", "parts", "batch_size", "no_cache", "train_with_cache",
+                   "activation_checkpointing")
+CHECKPOINTING_MODES = ("none", "full", "selective")  # attnlab.models.checkpointing.MODES
 SPEC_KEYS = ("model", "family", "preset", "model_overrides", "overrides", "label")
 
 
@@ -157,6 +159,9 @@ def check_measure_options(values: dict[str, Any], where: str = "") -> None:
     for name in ("no_cache", "train_with_cache"):
         if name in values and not isinstance(values[name], bool):
             raise ConfigError(f"{where}{name} must be true or false, got {values[name]!r}")
+    if values.get("activation_checkpointing", "none") not in CHECKPOINTING_MODES:
+        raise ConfigError(f"{where}activation_checkpointing must be one of {CHECKPOINTING_MODES}, "
+                          f"got {values['activation_checkpointing']!r}")
 
 
 def _parse_options(options: str, item: str) -> dict[str, Any]:

@@ -42,9 +42,9 @@ class MixerContext:
     def once(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """``compute()`` the first time this forward asks for ``key``; that first result every later time.
 
-        Activation checkpointing runs a block again in the backward, with this same context: a mixer that reads
-        the cache, writes it or publishes something beside its output does it through ``once``, so that the
-        recomputation reads what the forward read and writes nothing a second time.
+        Activation checkpointing runs a block again in the backward, with this same context: a mixer that
+        reads the cache, writes it or publishes something beside its output does it through ``once``, so that
+        the recomputation reads what the forward read and writes nothing a second time.
         """
         if key not in self._once:
             self._once[key] = compute()

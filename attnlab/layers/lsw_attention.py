@@ -204,11 +204,14 @@ class LSWAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, ctx: LSWContext) -> tuple[torch.Tensor, torch.Tensor | None]:
         q, k, v = split_heads(self.qkv(x), self.n_heads, self.n_kv_heads, self.head_dim)
-        memory = ctx.cache.memory(self.layer_idx) if ctx.cache is not None else None
+        # Through ctx.once: a recomputation (activation checkpointing) attends to the memory this forward found
+        # and stores nothing twice.
+        cache, layer = ctx.cache, self.layer_idx
+        memory = ctx.once(("lsw_memory", layer), lambda: cache.memory(layer)) if cache is not None else None
         if memory is not None:
             k, v = torch.cat([memory[0].to(k.dtype), k], dim=2), torch.cat([memory[1].to(v.dtype), v], dim=2)
-        if ctx.cache is not None:
-            ctx.cache.store(self.layer_idx, k, v)
+        if cache is not None:
+            ctx.once(("lsw_store", layer), lambda: cache.store(layer, k, v))
         if ctx.rope is not None:
             q, k = self._rotate_with_registers(q, k, ctx)
         elif self.n_registers:

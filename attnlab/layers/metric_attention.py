@@ -136,7 +136,9 @@ class MetricAttention(nn.Module):
         if self.rotary is not None:
             cos, sin = self.rotary(ctx.position_ids)
             q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        self.ti_penalty = self.triangle_penalty(q, k) if self.training and self.ti_samples > 0 else None
+        penalty = self.triangle_penalty(q, k) if self.training and self.ti_samples > 0 else None
+        # The forward's own penalty, kept when activation checkpointing recomputes the block (no second copy).
+        self.ti_penalty = ctx.once((self, "ti_penalty"), lambda: penalty)
         if ctx.cache is not None:
             k, v = ctx.cache.update(k, v, self.cache_index)
 

@@ -9,6 +9,7 @@ import pkgutil
 
 from .config import AttnLabConfig
 from .gpt import GPTConfig, GPTForCausalLM
+from .meta_init import build_on_meta, materialize
 from .registry import Family, build_config, create_model, get_family, list_models, register_family
 from .skeleton import AttnLabForCausalLM
 
@@ -30,8 +31,10 @@ __all__ = [
     "GPTConfig",
     "GPTForCausalLM",
     "build_config",
+    "build_on_meta",
     "create_model",
     "get_family",
     "list_models",
+    "materialize",
     "register_family",
 ]

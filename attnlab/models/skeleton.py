@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import Cache, DynamicCache
@@ -56,6 +58,12 @@ class Block(nn.Module):
 
 class Backbone(nn.Module):
     """Embeddings, blocks and the final norm; returns hidden states, not logits."""
+
+    # Whether blocks marked for activation checkpointing are recomputed in a forward that has a cache: only
+    # when every mixer reads and writes it through ``MixerContext.once`` (LSW's XL memory); otherwise such a
+    # forward keeps its activations, since a recomputation would read the cache as this forward left it and
+    # write it twice.
+    recomputes_with_cache = False
 
     def __init__(self, config: AttnLabConfig, build_mixer, build_block):
         super().__init__()
@@ -107,7 +115,7 @@ class Backbone(nn.Module):
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states.append(x)
-            x, weights = layer(x, ctx)
+            x, weights = self.run_block(layer, x, ctx)
             if output_attentions:
                 attentions.append(weights)
         x = self.finish(x, ctx, **inputs)
@@ -116,6 +124,22 @@ class Backbone(nn.Module):
         return x, (tuple(hidden_states) if output_hidden_states else None), (
             tuple(attentions) if output_attentions else None
         )
+
+    def run_block(
+        self, layer: nn.Module, x: torch.Tensor, ctx: MixerContext
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One block; under activation checkpointing its activations are recomputed in the backward."""
+        if self.recomputes(layer, ctx):
+            return layer._gradient_checkpointing_func(layer, x, ctx)
+        return layer(x, ctx)
+
+    def recomputes(self, layer: nn.Module, ctx: MixerContext) -> bool:
+        """Whether ``layer`` is checkpointed in this forward: it is marked (``AttnLabForCausalLM.
+        _set_gradient_checkpointing``), a backward will follow, and no cache forbids it
+        (``recomputes_with_cache``)."""
+        marked = getattr(layer, "gradient_checkpointing", False)
+        cache_allows = ctx.cache is None or self.recomputes_with_cache
+        return marked and self.training and torch.is_grad_enabled() and cache_allows
 
     def embed(self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None) -> torch.Tensor:
         """Token embeddings at the blocks' width."""
@@ -143,6 +167,18 @@ class Backbone(nn.Module):
     def finish(self, x: torch.Tensor, ctx: MixerContext) -> torch.Tensor:
         """After the blocks: the final norm."""
         return self.norm(x)
+
+
+NON_REENTRANT = partial(checkpoint, use_reentrant=False)  # what HF's activation_checkpointing_enable passes
+
+
+def _reentrant(func: Callable) -> bool:
+    """Whether a checkpoint function (HF passes ``partial(checkpoint, **kwargs)``) is the reentrant variant:
+    torch's ``checkpoint`` is when ``use_reentrant`` is not given."""
+    keywords = func.keywords if isinstance(func, partial) else {}
+    if "use_reentrant" in keywords:
+        return bool(keywords["use_reentrant"])
+    return (func.func if isinstance(func, partial) else func) is checkpoint
 
 
 def _key_padding_mask(attention_mask: torch.Tensor | None, total: int) -> torch.Tensor | None:
@@ -225,6 +261,7 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     """A causal LM on the shared skeleton. Subclasses set ``config_class`` and implement ``build_mixer``."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+    supports_gradient_checkpointing = True  # Backbone.run_block: HF's activation_checkpointing_enable works
     backbone_class: type[nn.Module] = Backbone  # a family may swap in its own (e.g. LSW's d_emb projections)
     backbone_inputs: tuple[str, ...] = ()  # forward() keywords handed on to the backbone (LSW: document_ids)
     output_class: type[CausalLMOutputWithPast] = CausalLMOutputWithPast
@@ -244,6 +281,26 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     def build_block(self, config: AttnLabConfig, mixer: nn.Module, layer_idx: int) -> nn.Module:
         """The residual block around layer ``layer_idx``'s mixer: ``Block`` (pre-norm, mixer, FFN) by default."""
         return Block(config, mixer)
+
+    def _set_gradient_checkpointing(
+        self,
+        enable: bool = True,
+        gradient_checkpointing_func: Callable = NON_REENTRANT,
+        every_n_layers: int = 1,
+    ) -> None:
+        """Mark every ``every_n_layers``-th block (from the first) for activation checkpointing, or none.
+
+        What HF's ``activation_checkpointing_enable`` / ``gradient_checkpointing_enable`` and the Trainer's
+        ``gradient_checkpointing`` call. The blocks are not transformers' ``GradientCheckpointingLayer``: the
+        backbone's loop (``Backbone.run_block``) checkpoints them, because it knows when a cache forbids it.
+        """
+        if enable and _reentrant(gradient_checkpointing_func):
+            raise ValueError("attnlab models need use_reentrant=False: the reentrant variant runs the "
+                             "forward without a graph, so what a block publishes beside its output (MoA's "
+                             "TI penalty) would get no gradient")
+        for index, block in enumerate(self.model.layers):
+            block.gradient_checkpointing = enable and index % every_n_layers == 0
+            block._gradient_checkpointing_func = gradient_checkpointing_func
 
     def save_pretrained(self, save_directory, *args, **kwargs) -> None:
         """HF save, plus a README.md model card when the directory has none (runs write a richer one)."""

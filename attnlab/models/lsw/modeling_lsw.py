@@ -37,6 +37,10 @@ class LSWBackbone(Backbone):
     registers, memory and document masks) and finish (W_out, then the memory takes this segment).
     """
 
+    # LSWAttention reads and stores its memory through ctx.once and the memory advances in finish, after the
+    # blocks: checkpointed blocks recompute over what the forward found, even while the memory is carried.
+    recomputes_with_cache = True
+
     def __init__(self, config: LSWConfig, build_mixer, build_block):
         # Its own modules, in its own order (so seeded initialisation stays as it was), not Backbone's.
         nn.Module.__init__(self)
