@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .api import evaluate, generate, generate_batch, info, train
-from .errors import AttnlabError, ConfigError, DataError
+from .errors import AttnlabError, ConfigError, CorruptFileError, DataError, TrainingInterrupted, WriteError
 from .models import (
     AttnLabConfig,
     AttnLabForCausalLM,
@@ -24,28 +24,18 @@ __version__ = "0.1.0"
 
 def load(path: str | Path, *, device: str | None = None) -> AttnLabForCausalLM:
     """Load a saved run directory or any HF-format directory of an attnlab model, in eval mode; a LoRA run kept
-    as an adapter loads as its base with the adapter merged in."""
-    from transformers import AutoModelForCausalLM
+    as an adapter loads as its base with the adapter merged in. Config and weights are checked first: a damaged
+    or foreign file raises ``CorruptFileError`` naming it (see ``attnlab.loading``)."""
+    from .loading import load_model
 
-    path = Path(path)
-    if (path / "adapter" / "adapter_config.json").is_file() and not (path / "config.json").is_file():
-        from .training.finetune import load_adapter_run
-
-        model = load_adapter_run(path / "adapter")  # a LoRA run saved without merging
-    elif not (path / "config.json").is_file():
-        raise DataError(f"{path} is not a saved model: no config.json there (pass a run directory)")
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path)
-    if device is not None:
-        model = model.to(device)
-    return model.eval()
+    return load_model(path, device=device)
 
 
 def load_tokenizer(path: str | Path):
-    """The tokenizer saved beside a model (every attnlab run saves one)."""
-    from transformers import AutoTokenizer
+    """The tokenizer saved beside a model (every attnlab run saves one), checked like ``load``."""
+    from .loading import load_tokenizer as load_checked_tokenizer
 
-    return AutoTokenizer.from_pretrained(Path(path))
+    return load_checked_tokenizer(path)
 
 
 __all__ = [
@@ -53,9 +43,12 @@ __all__ = [
     "AttnLabForCausalLM",
     "AttnlabError",
     "ConfigError",
+    "CorruptFileError",
     "DataError",
     "GPTConfig",
     "GPTForCausalLM",
+    "TrainingInterrupted",
+    "WriteError",
     "build_config",
     "create_model",
     "evaluate",

@@ -1,4 +1,4 @@
-"""The ``attnlab`` command line: train, eval, generate, info, convert, models (bench, compare and viz plug in).
+"""The ``attnlab`` command line: train, eval, generate, info, convert, export, models (and bench, compare, viz).
 
 Every training option is a field of ``TrainConfig`` that carries its own help; the ``train`` flags and their
 ``--help`` are generated from those fields, so the CLI, config files, the Python API and docs/cli.md can never
@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -121,37 +122,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model (resumable; torchrun for several processes)")
     _add_train_flags(p)
 
-    p = sub.add_parser("eval", help="loss, perplexity and bits per byte of a saved run on a dataset",
-                       formatter_class=_DefaultsFormatter)
-    p.add_argument("run", help="run directory or HF model directory")
-    p.add_argument("--data", default="shakespeare", metavar="SOURCE", help="dataset, as for `attnlab train --data`")
-    p.add_argument("--text-field", default="text", metavar="NAME",
-                   help="field holding the text in JSONL/JSON/parquet/HF records")
-    p.add_argument("--split", choices=["val", "train"], default="val",
-                   help="`val` (the held-out tail of the token stream) or `train`")
-    p.add_argument("--val-fraction", type=float, default=0.1, metavar="F",
-                   help="fraction held out for validation; the run's own gives its validation split")
-    p.add_argument("--block-size", type=int, metavar="N", help="context length in tokens (default: the model's)")
-    p.add_argument("--batch-size", type=int, default=8, metavar="N", help="sequences per batch")
-    p.add_argument("--max-tokens", type=int, default=None, metavar="N",
-                   help="evaluate at most this many tokens (default: the whole split)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="`float32`, or `bfloat16` autocast")
-    p.add_argument("--memory", action="store_true",
-                   help="XL-memory models: read the split as streams of consecutive segments, carrying memory")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    _add_eval_parser(sub)
 
     p = sub.add_parser("generate", help="stream text from a saved run", formatter_class=_DefaultsFormatter)
     p.add_argument("run", help="run directory or HF model directory")
-    p.add_argument("--prompt", default="\n", metavar="TEXT", help="text to continue")
-    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N", help="tokens to generate")
+    p.add_argument("--prompt", action="append", metavar="TEXT",
+                   help="text to continue; repeat for several prompts, generated in batches (default: a newline)")
+    p.add_argument("--prompts-file", metavar="FILE", help="a text file of prompts, one per line (blank lines skipped)")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N",
+                   help="prompts generated together (left-padded; greedy output is the same as one by one)")
+    p.add_argument("--max-new-tokens", type=int, default=200, metavar="N",
+                   help="tokens to generate after each prompt (fewer when the text ends)")
     p.add_argument("--temperature", type=float, default=0.8, metavar="T", help="sampling temperature, > 0")
     p.add_argument("--top-k", type=int, default=50, metavar="K", help="sample among the K likeliest tokens; 0: all")
     p.add_argument("--top-p", type=float, default=1.0, metavar="P",
                    help="nucleus sampling: the likeliest tokens whose probabilities add up to P")
-    p.add_argument("--greedy", action="store_true", help="argmax decoding")
+    p.add_argument("--greedy", action="store_true",
+                   help="greedy decoding: always the likeliest token (temperature, top-k and top-p unused)")
     p.add_argument("--seed", type=int, default=0, metavar="N", help="seed of the sampling")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
+    p.add_argument("--device", default="auto", help="where to run: auto (a GPU when there is one), cpu, cuda, "
+                                                     "cuda:1, mps")
 
     p = sub.add_parser("info", help="parameter counts and config of a run, or of a family preset",
                        formatter_class=_DefaultsFormatter)
@@ -166,6 +156,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["dat-checkpoint"], help="dat-checkpoint: the dual-attention package's .pt")
     p.add_argument("source", help="checkpoint file")
     p.add_argument("out", help="output model directory")
+
+    p = sub.add_parser("export",
+                       help="a self-contained HF model folder that loads without attnlab; push it to the hub")
+    p.add_argument("run", help="run directory or HF model directory saved by attnlab")
+    p.add_argument("out", help="new (or empty) folder to write")
+    p.add_argument("--push-to-hub", metavar="REPO_ID",
+                   help="upload the folder to this Hugging Face Hub model repository")
+    p.add_argument("--private", action="store_true",
+                   help="create the hub repository as private (with --push-to-hub)")
 
     p = sub.add_parser("models", help="list model families and their presets", formatter_class=_DefaultsFormatter)
     p.add_argument("--options", metavar="FAMILY",
@@ -195,75 +194,220 @@ def main(argv: list[str] | None = None) -> int:
     from .viz.cli import cmd_viz
 
     commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info,
-                "convert": cmd_convert, "models": cmd_models, "bench": cmd_bench, "compare": cmd_compare,
-                "viz": cmd_viz}
+                "convert": cmd_convert, "export": cmd_export, "models": cmd_models, "bench": cmd_bench,
+                "compare": cmd_compare, "viz": cmd_viz}
     try:
         return commands[args.command](args)
     except AttnlabError as exc:
         print(f"attnlab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only directory, a file where a directory belongs: not a bug
+        print(f"attnlab {args.command}: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
 
 
+def os_error_line(exc: OSError) -> str:
+    """An operating-system error in one line: the file, what the system said, what to check."""
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{exc.strerror or exc} (check free space, permissions and the path)"
+
+
 # ------------------------------------------------------------------------------------------ commands
 def train_config_from_args(args: argparse.Namespace):
-    """Config file < saved run config (when resuming) < flags given on the command line."""
+    """Saved run config (when resuming) < config file < flags given on the command line."""
     from .training.config import TrainConfig, read_config_file
 
     given = {k: v for k, v in vars(args).items() if k not in ("command", "config", "set")}
     values: dict[str, Any] = read_config_file(args.config) if args.config else {}
     if given.get("resume"):
-        out_dir = Path(given.get("out_dir") or values.get("out_dir") or TrainConfig(**{
-            k: v for k, v in {**values, **given}.items() if k in ("model", "preset")}).run_dir)
-        saved = out_dir / "train_config.json"
-        if saved.is_file():
-            values = {**json.loads(saved.read_text()), **values}
+        values = {**_saved_run_options({**values, **given}), **values}
     values.update(given)
     overrides = {**values.get("model_overrides", {}), **_parse_overrides(args.set)}
     values["model_overrides"] = overrides
     return TrainConfig.from_dict(values)
 
 
+def _saved_run_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The options the run in ``values``' run directory was last started with, less those of one invocation
+    (a resume does not stop again at the saved ``stop_at_step``, nor allow a schedule change it was not given)."""
+    from .loading import read_run_file
+    from .training.config import PER_INVOCATION, TrainConfig
+
+    where = {k: v for k, v in values.items() if k in ("model", "preset", "init_from", "out_dir")}
+    run_dir = TrainConfig(**where).run_dir
+    if not (run_dir / "train_config.json").exists() and not (run_dir / "checkpoints").is_dir():
+        return {}  # nothing to resume: the trainer says so
+    return {k: v for k, v in read_run_file(run_dir, "train_config.json").items() if k not in PER_INVOCATION}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from .errors import TrainingInterrupted
     from .training import train
 
     cfg = train_config_from_args(args)
     console = Console(stderr=True)
-    result = train(cfg, console)
+    try:
+        result = train(cfg, console)
+    except TrainingInterrupted as exc:  # SIGTERM/SIGINT: checkpointed at a step boundary, exit 128 + signal
+        if int(os.environ.get("RANK", "0")) == 0:
+            print(f"attnlab train: {exc}", file=sys.stderr)
+        return exc.exit_code
     if int(os.environ.get("RANK", "0")) == 0:
         val = result.val
         summary = f"done: step {result.step}, {result.tokens_seen:,} tokens in {result.elapsed_s / 60:.1f} min"
         if val:
             summary += f"; val loss {val['loss']:.4f}, bits/byte {val['bpb']:.4f}"
         console.print(summary)
-        console.print(f"saved to {result.run_dir}  (attnlab generate {result.run_dir} --prompt 'ROMEO:')")
+        command = ["attnlab", "generate", str(result.run_dir)]
+        if result.prompt.strip():
+            command += ["--prompt", result.prompt]  # the opening words of the run's own validation text
+        console.print(f"saved to {result.run_dir}  ({shlex.join(command)})", markup=False, highlight=False,
+                      soft_wrap=True)
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a split of a dataset (by default the run's own validation), or run lm-eval tasks with --tasks."""
+    _check_eval_flags(args)
+    return _eval_tasks(args) if args.tasks else _eval_split(args)
+
+
+def _check_eval_flags(args: argparse.Namespace) -> None:
+    """Flags of one mode given to the other are refused rather than silently ignored."""
+    other_mode, where = (_SPLIT_FLAGS, "to scoring a dataset, not to --tasks") if args.tasks else \
+        (_TASK_FLAGS, "to --tasks only")
+    given = [flag for flag, dest in other_mode.items() if getattr(args, dest) not in (None, False)]
+    if given:
+        raise ConfigError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {where}")
+    if args.full and args.eval_tokens is not None:
+        raise ConfigError("give either --eval-tokens or --full, not both")
+
+
+def _eval_split(args: argparse.Namespace) -> int:
     from .api import evaluate
 
-    metrics = evaluate(args.run, args.data, split=args.split, val_fraction=args.val_fraction,
-                       text_field=args.text_field, block_size=args.block_size, batch_size=args.batch_size,
-                       max_tokens=args.max_tokens, device=args.device, dtype=args.dtype, memory=args.memory)
+    metrics = evaluate(args.run, args.data, split=args.split or "val", val_fraction=args.val_fraction,
+                       text_field=args.text_field, hf_config=args.hf_config, hf_split=args.hf_split,
+                       max_docs=args.max_docs, block_size=args.block_size, batch_size=args.batch_size,
+                       max_tokens=args.eval_tokens, full=args.full, device=args.device, dtype=args.dtype,
+                       memory=args.memory, progress=args.progress)
     if args.json:
         print(json.dumps(metrics))
-    else:
-        print(f"{args.split}: loss {metrics['loss']:.4f}  ppl {metrics['ppl']:.2f}  "
-              f"bits/byte {metrics['bpb']:.4f}  ({metrics['tokens']:,} tokens)")
+        return 0
+    source = metrics["data"] + (" (the run's data)" if args.data is None else "")
+    print(f"{metrics['split']} split of {source}: loss {metrics['loss']:.4f}  ppl {metrics['ppl']:.2f}  "
+          f"bits/byte {metrics['bpb']:.4f}  ({metrics['tokens']:,} of {metrics['split_tokens']:,} tokens)")
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
-    from .api import generate
+def _eval_tasks(args: argparse.Namespace) -> int:
+    from .evaluation import saved_train_options
+    from .harness import evaluate_tasks, format_table, metric_rows, require_lm_eval, write_results
 
-    generate(args.run, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-             top_k=args.top_k, top_p=args.top_p, greedy=args.greedy, seed=args.seed, device=args.device,
-             stream=True)
+    require_lm_eval()
+    saved = saved_train_options(args.run)
+    results = evaluate_tasks(args.run, args.tasks, num_fewshot=args.num_fewshot, limit=_limit(args.limit),
+                             batch_size=args.batch_size or saved.get("batch_size", 8),
+                             include_path=args.include_path, device=args.device,
+                             dtype=args.dtype or saved.get("dtype", "float32"))
+    rows = metric_rows(results)
+    print(json.dumps(rows) if args.json else format_table(rows))
+    if args.output:
+        print(f"results written to {write_results(results, args.output)}", file=sys.stderr)
+    return 0
+
+
+def _limit(value: float | None) -> int | float | None:
+    """lm-eval's --limit: a whole number of documents per task, or below 1 a fraction of each task."""
+    if value is not None and value <= 0:
+        raise ConfigError(f"--limit must be positive, got {value:g}")
+    return int(value) if value is not None and value >= 1 else value
+
+
+# flags of one `attnlab eval` mode (flag → argparse dest); the other mode refuses them
+_SPLIT_FLAGS = {"--data": "data", "--text-field": "text_field", "--hf-config": "hf_config", "--hf-split": "hf_split",
+                "--max-docs": "max_docs", "--split": "split", "--val-fraction": "val_fraction",
+                "--block-size": "block_size", "--eval-tokens": "eval_tokens", "--full": "full", "--memory": "memory"}
+_TASK_FLAGS = {"--num-fewshot": "num_fewshot", "--limit": "limit", "--include-path": "include_path",
+               "--output": "output"}
+
+
+def _add_eval_parser(sub) -> None:
+    """``attnlab eval``: a run's loss and bits per byte on a split, by default exactly its own validation; or
+    lm-evaluation-harness tasks with ``--tasks``. Defaults of None come from the run's train_config.json."""
+    p = sub.add_parser("eval", help="bits per byte of a saved run on its validation split or a dataset; "
+                                    "lm-eval tasks with --tasks", formatter_class=_DefaultsFormatter)
+    p.add_argument("run", help="run directory or HF model directory")
+    g = p.add_argument_group("scoring a dataset (default: the run's own, as its validation scored it)")
+    g.add_argument("--data", metavar="SOURCE",
+                   help="dataset, as for `attnlab train --data` (default: the run's, from its train_config.json; "
+                        "a model directory without one needs it)")
+    g.add_argument("--text-field", metavar="NAME",
+                   help="field holding the text in JSONL/JSON/parquet/HF records (default: the run's when scoring "
+                        "its data, else text)")
+    g.add_argument("--hf-config", metavar="NAME",
+                   help="Hugging Face dataset config name (default: the run's when scoring its data)")
+    g.add_argument("--hf-split", metavar="SPLIT",
+                   help="Hugging Face dataset split (default: the run's when scoring its data, else train)")
+    g.add_argument("--max-docs", type=int, metavar="N",
+                   help="read at most this many documents (default: the run's when scoring its data; 100000 for "
+                        "HF datasets)")
+    g.add_argument("--split", choices=["val", "train"],
+                   help="`val` (the held-out tail of the token stream) or `train` (default: val)")
+    g.add_argument("--val-fraction", type=float, metavar="F",
+                   help="fraction of the token stream, its tail, held out for validation (default: the run's, "
+                        "else 0.1)")
+    g.add_argument("--block-size", type=int, metavar="N",
+                   help="context length in tokens (default: the run's, else the model's)")
+    g.add_argument("--eval-tokens", "--max-tokens", type=int, metavar="N",
+                   help="score the first N tokens of the split (default: the run's eval_tokens, the budget of its "
+                        "validation; without a run, the whole split)")
+    g.add_argument("--full", action="store_true", help="score the whole split")
+    g.add_argument("--memory", action=argparse.BooleanOptionalAction,
+                   help="XL-memory models: read the split as streams of consecutive segments, carrying memory "
+                        "(default: as the run trained, with --segment-stream or not)")
+    g = p.add_argument_group("lm-evaluation-harness (pip install attnlab[eval])")
+    g.add_argument("--tasks", metavar="T1,T2",
+                   help="run these lm-eval tasks or groups instead (comma-separated, globs allowed) and print "
+                        "their metrics")
+    g.add_argument("--num-fewshot", type=int, metavar="K", help="few-shot examples per prompt (default: each task's)")
+    g.add_argument("--limit", type=float, metavar="N",
+                   help="score at most N documents per task; below 1, that fraction of each task")
+    g.add_argument("--include-path", metavar="DIR", help="a folder of task YAMLs to add to lm-eval's own")
+    g.add_argument("--output", metavar="FILE", help="write lm-eval's full results (task configs included) as JSON")
+    g = p.add_argument_group("either way")
+    g.add_argument("--batch-size", type=int, metavar="N", help="sequences per batch (default: the run's, else 8)")
+    g.add_argument("--device", default="auto",
+                   help="where to run: auto (a GPU when there is one), cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="`float32`, or `bfloat16` autocast (default: the run's, else float32)")
+    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar while scoring a dataset")
+    g.add_argument("--json", action="store_true",
+                   help="print the metrics as JSON: one object, or with --tasks a list of rows")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .api import generate, generate_batch
+
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        path = Path(args.prompts_file)
+        if not path.is_file():
+            raise DataError(f"prompts file not found: {path}")
+        prompts += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    options = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                   top_p=args.top_p, greedy=args.greedy, seed=args.seed, device=args.device)
+    if len(prompts) <= 1:  # one prompt streams as it is generated
+        generate(args.run, prompts[0] if prompts else "\n", stream=True, **options)
+        return 0
+    for index, text in enumerate(generate_batch(args.run, prompts, batch_size=args.batch_size, **options)):
+        print(f"===== prompt {index + 1} =====\n{text}\n")
     return 0
 
 
@@ -290,6 +434,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
     model = convert_dat_checkpoint(args.source, args.out)
     n = sum(p.numel() for p in model.parameters())
     print(f"converted {args.source} → {args.out} ({type(model).__name__}, {n:,} parameters)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .errors import ExportError
+    from .export import export_run, push_folder
+
+    if args.private and not args.push_to_hub:
+        raise ExportError("--private applies to the hub repository: give --push-to-hub REPO_ID too")
+    result = export_run(args.run, args.out, repo_id=args.push_to_hub)
+    print(f"exported {args.run} → {result.folder} ({result.model_class}, {len(result.code_files)} code files"
+          f"{'' if result.tokenizer else ', no tokenizer'}); load it with "
+          f"AutoModelForCausalLM.from_pretrained({str(result.folder)!r}, trust_remote_code=True)")
+    if args.push_to_hub:
+        print(f"pushed to {push_folder(result.folder, args.push_to_hub, private=args.private)}")
     return 0
 
 

@@ -21,19 +21,36 @@ def run_metadata(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     meta: dict[str, Any] = {"model_name": run_dir.resolve().name}
     for key, name in (("train_config", "train_config.json"), ("run_info", "run_info.json")):
-        if (run_dir / name).is_file():
-            meta[key] = json.loads((run_dir / name).read_text())
-    latest = run_dir / "checkpoints" / "latest.json"
-    if latest.is_file():
-        state = run_dir / "checkpoints" / json.loads(latest.read_text())["path"] / "state.json"
-        if state.is_file():
-            meta["state"] = json.loads(state.read_text())
+        if (value := _json_or_none(run_dir / name)) is not None:
+            meta[key] = value
+    latest = _json_or_none(run_dir / "checkpoints" / "latest.json")
+    path = latest.get("path") if isinstance(latest, dict) else None
+    state = _json_or_none(run_dir / "checkpoints" / path / "state.json") if isinstance(path, str) else None
+    if state is not None:
+        meta["state"] = state
     metrics = run_dir / "metrics.jsonl"
     if metrics.is_file():
-        vals = [r for r in map(json.loads, metrics.read_text().splitlines()) if "val_loss" in r]
+        records = [_json_or_none_line(line) for line in metrics.read_text(errors="replace").splitlines()]
+        vals = [r for r in records if isinstance(r, dict) and "val_loss" in r]
         if vals:
             meta["val"] = {k.removeprefix("val_"): v for k, v in vals[-1].items()}
     return meta
+
+
+def _json_or_none(path: Path) -> Any:
+    """A metadata file's JSON, or None when it is missing or damaged: a model card leaves out what it cannot
+    read rather than failing the save or export it belongs to."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _json_or_none_line(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def _count(n: float) -> str:

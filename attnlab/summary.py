@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import DataError
 from .models import build_config
 from .models.registry import get_model_kind, model_kind_of_config
 
@@ -32,12 +30,12 @@ def count_parameters(model: torch.nn.Module) -> dict[str, Any]:
 
 def describe(run: str | None, family: str, preset: str, overrides: dict[str, Any]) -> dict[str, Any]:
     if run is not None:
-        from transformers import AutoConfig
+        from .loading import check_weights, has_weights, load_config
 
-        if not (Path(run) / "config.json").is_file():
-            raise DataError(f"{run} is not a saved model: no config.json there")
-        config = AutoConfig.from_pretrained(run)
+        config = load_config(run, causal_only=False)  # checked: a damaged or foreign config is one line
         fam = model_kind_of_config(config)
+        if has_weights(run):
+            check_weights(run, config, fam)  # the header only: info reports weights that do not fit
     else:
         config = build_config(family, preset, **overrides)
         fam = get_model_kind(family)

@@ -63,8 +63,8 @@ def test_train_eval_generate_end_to_end(tmp_path, capsys):
     corpus.write_text("to be or not to be, that is the question\n" * 300)
     run = tmp_path / "run"
     config = tmp_path / "cfg.yaml"
-    config.write_text("preset: debug\nmax_steps: 100\nbatch_size: 8\nblock_size: 32\nlr: 0.01\n"
-                      "warmup_steps: 3\neval_interval: 100\nsample_tokens: 0\nprogress: false\n")
+    config.write_text("preset: debug\nmax_steps: 200\nbatch_size: 8\nblock_size: 32\nlr: 0.01\n"
+                      "warmup_steps: 3\neval_interval: 200\nsample_tokens: 0\nprogress: false\n")
     assert main(["train", "--config", str(config), "--data", str(corpus), "--out-dir", str(run),
                  "--set", "n_heads=2", "--no-tensorboard"]) == 0
     assert json.loads((run / "config.json").read_text())["n_heads"] == 2
@@ -77,9 +77,9 @@ def test_train_eval_generate_end_to_end(tmp_path, capsys):
     # a prompt longer than the learned positions allow is cut, and the output fits the context
     assert main(["generate", str(run), "--prompt", "to be or not " * 5, "--max-new-tokens", "40"]) == 0
     assert "prompt cut" in capsys.readouterr().err
-    # resuming with a larger step budget continues the same run
-    assert main(["train", "--out-dir", str(run), "--resume", "--max-steps", "110"]) == 0
-    assert json.loads((run / "checkpoints/latest.json").read_text())["step"] == 110
+    # resuming with a larger step budget (a new schedule, so confirmed) continues the same run
+    assert main(["train", "--out-dir", str(run), "--resume", "--max-steps", "210", "--allow-schedule-change"]) == 0
+    assert json.loads((run / "checkpoints/latest.json").read_text())["step"] == 210
 
 
 def test_python_api_mirrors_the_cli(tmp_path):

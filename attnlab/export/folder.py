@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExportError
+from ..loading import read_json_object
 from .card import export_card
 from .flatten import check_loadable, write_modeling_code
 
@@ -43,7 +44,7 @@ def check_source(run: Path) -> None:
     if not config.is_file():
         raise ExportError(f"{run} is not a model directory: no config.json there (pass a run directory or a "
                           "folder saved by save_pretrained)")
-    model_type = json.loads(config.read_text()).get("model_type")
+    model_type = read_json_object(config, "pass an intact model directory").get("model_type")
     if model_type not in attnlab_model_types():
         raise ExportError(f"{run} holds a {model_type!r} model, not an attnlab one (model types: "
                           f"{', '.join(sorted(attnlab_model_types()))})")
@@ -61,9 +62,9 @@ def load_tokenizer(run: Path):
     """The tokenizer saved beside the model, or None when the folder holds none."""
     if not any((run / name).is_file() for name in TOKENIZER_FILES):
         return None
-    from transformers import AutoTokenizer
+    from ..loading import load_tokenizer as load_checked_tokenizer
 
-    return AutoTokenizer.from_pretrained(run)
+    return load_checked_tokenizer(run)
 
 
 def fill_special_ids(model, tokenizer) -> None:

@@ -17,8 +17,10 @@ def warm_start_embeddings(model, source: str):
     """
     try:
         donor = AutoModelForCausalLM.from_pretrained(source)
-    except OSError as exc:
-        raise ConfigError(f"cannot load a causal LM from {source!r}: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - missing, damaged or foreign: whatever the donor is, one line
+        lines = str(exc).strip().splitlines()
+        raise ConfigError(f"cannot load a causal LM from {source!r}: {type(exc).__name__}: "
+                          f"{lines[0][:200] if lines else ''}") from None
     src, dst = donor.get_input_embeddings().weight, model.get_input_embeddings().weight
     if src.shape[1] != dst.shape[1]:
         raise ConfigError(

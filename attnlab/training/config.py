@@ -12,6 +12,7 @@ from ..options import Options, option
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "sophia")
+ACTIVATION_CHECKPOINTING = ("none", "full", "selective")  # attnlab.models.checkpointing.MODES
 # option groups, in the order `attnlab train --help` and docs/cli.md show them
 MODEL, DATA, BATCHING, OPTIMISATION = "model", "data", "batching", "optimisation"
 RUNTIME, EVALUATION, RUN = "runtime", "evaluation and logging", "run directory and checkpoints"
@@ -120,6 +121,11 @@ class TrainConfig(Options):
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps", group=RUNTIME, metavar="DEVICE")
     dtype: str = option("float32", "`float32`, or `bfloat16` autocast", group=RUNTIME, metavar="DTYPE")
     compile: bool = option(False, "`torch.compile` the model", group=RUNTIME)
+    activation_checkpointing: str = option(
+        "none", "recompute block activations in the backward instead of keeping them: `none`, `full` (every "
+        "block: least memory, about one more forward per step) or `selective` (every other block: about half "
+        "the saving for half the extra compute)", group=RUNTIME, metavar="MODE",
+    )
     seed: int = option(1337, "seed for weights, batches and dropout", group=RUNTIME, metavar="N")
     eval_interval: int = option(200, "validate (and sample) every N steps", group=EVALUATION, metavar="N")
     eval_tokens: int | None = option(65536, "validation tokens per evaluation; null in a config file: the whole "
@@ -186,6 +192,9 @@ class TrainConfig(Options):
             raise ConfigError(f"val_fraction must be in (0, 0.5], got {self.val_fraction}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.activation_checkpointing not in ACTIVATION_CHECKPOINTING:
+            raise ConfigError(f"activation_checkpointing must be one of {ACTIVATION_CHECKPOINTING}, "
+                              f"got {self.activation_checkpointing!r}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if self.sophia_rho <= 0:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -21,8 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, CorruptFileError, DataError
 from ..io import atomic_path
+from ..loading import check_weights, first_line, load_config, load_model, read_json_object
 
 PEFT_MISSING = "LoRA needs PEFT, an optional dependency: pip install attnlab[peft]"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -39,7 +39,7 @@ def source_directory(path: str | Path) -> Path:
     config = directory / "config.json"
     if not config.is_file():
         raise ConfigError(f"init_from: {path} holds no model (no config.json); a LoRA run keeps one only with merge")
-    model_type = json.loads(config.read_text()).get("model_type")
+    model_type = read_json_object(config, "pass an intact model directory").get("model_type")
     if model_type not in {family.config_class.model_type for family in FAMILIES.values()}:
         raise ConfigError(f"init_from: {path} holds a {model_type!r} model, not an attnlab one")
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):
@@ -49,11 +49,12 @@ def source_directory(path: str | Path) -> Path:
 
 def load_source_model(path: str | Path, overrides: dict[str, Any]) -> nn.Module:
     """The source's model in float32 (the trainer's master weights), with config ``overrides`` such as dropout."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     directory = source_directory(path)
-    config = AutoConfig.from_pretrained(directory)
+    config = load_config(directory)
+    check_weights(directory, config)  # damaged or mismatched weights are named before any override
     _override(config, overrides)
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a mismatch becomes the one line below, not transformers' loading report
@@ -174,18 +175,21 @@ def merged_copy(model: nn.Module) -> nn.Module:
 def load_adapter_run(adapter_dir: Path) -> nn.Module:
     """The model of a LoRA run saved without merging: its base (named in ``adapter_config.json``) with the
     adapter merged in."""
-    from transformers import AutoModelForCausalLM
-
     try:
         from peft import PeftModel
     except ImportError:
         raise DataError(f"{adapter_dir} is a LoRA adapter; loading it needs PEFT: pip install attnlab[peft]") from None
-    base_path = json.loads((adapter_dir / "adapter_config.json").read_text()).get("base_model_name_or_path")
-    if not base_path or not (Path(base_path) / "config.json").is_file():
+    adapter_config = read_json_object(adapter_dir / "adapter_config.json", "train the LoRA run again")
+    base_path = adapter_config.get("base_model_name_or_path")
+    if not isinstance(base_path, str) or not (Path(base_path) / "config.json").is_file():
         raise DataError(f"the base model of the adapter {adapter_dir} is gone: {base_path}")
-    base = AutoModelForCausalLM.from_pretrained(base_path)
-    with quiet_peft():
-        return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    base = load_model(base_path)
+    try:
+        with quiet_peft():
+            return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    except Exception as exc:  # noqa: BLE001 - damaged adapter weights, or an adapter of another base
+        raise CorruptFileError(adapter_dir, f"the LoRA adapter cannot be applied ({first_line(exc)})",
+                               "train the LoRA run again, or resume it to write the adapter anew") from None
 
 
 @contextlib.contextmanager

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +25,24 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.nn.parallel import DistributedDataParallel
-from transformers import AutoConfig
 from transformers.utils import logging as hf_logging
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingInterrupted, WriteError
 from ..evaluation import autocast_context, evaluate
 from ..io import write_json
+from ..loading import load_config, load_tokenizer, read_run_file
 from ..models import build_config, get_family
+from ..models.checkpointing import enable_activation_checkpointing
 from ..models.registry import family_of_config
 from . import distributed
-from .checkpoint import RNGState, export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import (
+    RNGState,
+    export_model,
+    intact_checkpoint,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from .config import TrainConfig, schedule_changes
 from .finetune import (
     AdapterWeights,
@@ -47,6 +56,7 @@ from .finetune import (
     source_directory,
 )
 from .optim import build_optimizer, curvature_refresh, lr_at
+from .preemption import StopSignals
 
 
 @dataclass
@@ -77,6 +87,8 @@ class Trainer:
         self.console = console or Console(stderr=True)
         self.device = distributed.pick_device(cfg.device, info)
         self.run_dir = cfg.run_dir
+        self.signals, self.interrupted_by = StopSignals(), None
+        self._check_out_dir()
         self.checkpoint = self._find_checkpoint()
         self._check_schedule()
         self.source = self._source()
@@ -102,13 +114,28 @@ class Trainer:
         self.step_model = self._wrap_model()
 
     # ----------------------------------------------------------------------------------------- setup
+    def _check_out_dir(self) -> None:
+        """The run directory is (or can become) a writable directory: checked before any data is prepared."""
+        existing = next(p for p in (self.run_dir, *self.run_dir.parents) if p.exists())
+        if not existing.is_dir():
+            raise ConfigError(f"--out-dir {self.run_dir}: {existing} is a file, not a directory; pick another "
+                              "--out-dir")
+        if self.info.is_main and self.run_dir.is_dir() and not os.access(self.run_dir, os.W_OK | os.X_OK):
+            raise WriteError(f"cannot write to {self.run_dir} (permission denied): make it writable or pick another "
+                             "--out-dir")
+
     def _find_checkpoint(self) -> Path | None:
-        found = latest_checkpoint(self.run_dir)
+        """A resume's checkpoint: the newest intact one (damaged newer ones are set aside, with a warning)."""
+        found = intact_checkpoint(self.run_dir, self._warn) if self.cfg.resume else latest_checkpoint(self.run_dir)
         if self.cfg.resume and found is None:
             raise ConfigError(f"--resume: no checkpoint in {self.run_dir}")
         if not self.cfg.resume and found is not None:
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or pick --out-dir")
         return found
+
+    def _warn(self, message: str) -> None:
+        if self.info.is_main:
+            self.console.print(f"[yellow]warning:[/] {escape(message)}")
 
     def _source(self) -> Path | None:
         """The model fine-tuned from, where this start reads it: a new run, or any LoRA run (its frozen base is
@@ -120,10 +147,9 @@ class Trainer:
 
     def _check_schedule(self) -> None:
         """A resume keeps the run's learning-rate schedule unless ``allow_schedule_change`` confirms a new one."""
-        saved = self.run_dir / "train_config.json"
-        if self.checkpoint is None or not saved.is_file():
+        if self.checkpoint is None or not (self.run_dir / "train_config.json").exists():
             return
-        changes = ", ".join(schedule_changes(json.loads(saved.read_text()), self.cfg))
+        changes = ", ".join(schedule_changes(read_run_file(self.run_dir, "train_config.json"), self.cfg))
         if not changes:
             return
         if not self.cfg.allow_schedule_change:
@@ -140,7 +166,7 @@ class Trainer:
         # a source's or warm-started embeddings only mean something with their own ids
         tokenizer = str(self.source) if self.source is not None else cfg.warm_start or cfg.tokenizer
         if self.checkpoint is not None and (self.run_dir / "tokenizer.json").is_file():
-            tokenizer = str(self.run_dir)  # the run's own tokenizer, exactly as trained
+            tokenizer = load_tokenizer(self.run_dir)  # the run's own tokenizer, exactly as trained (checked)
         kwargs = dict(
             vocab_size=cfg.vocab_size,
             val_fraction=cfg.val_fraction,
@@ -163,6 +189,7 @@ class Trainer:
         model = self._base_model()
         if model.config.vocab_size < vocab:
             raise ConfigError(f"vocab_size {model.config.vocab_size} is smaller than the tokenizer's {vocab} tokens")
+        enable_activation_checkpointing(model, cfg.activation_checkpointing)
         if cfg.lora_r is not None:
             torch.manual_seed(cfg.seed)  # identical adapters on every rank
             model = apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -175,7 +202,7 @@ class Trainer:
         if self.source is not None:
             return load_source_model(self.source, cfg.model_overrides)
         if self.checkpoint is not None:
-            config = AutoConfig.from_pretrained(self.run_dir)
+            config = self._run_config()
             family = family_of_config(config)
         else:
             overrides = dict(cfg.model_overrides)
@@ -193,6 +220,13 @@ class Trainer:
 
             warm_start_embeddings(model, cfg.warm_start)
         return model
+
+    def _run_config(self):
+        """The config a resume rebuilds the model from: the checkpoint's own copy (older checkpoints have none:
+        then the run root's), checked."""
+        if (self.checkpoint / "config.json").is_file():
+            return load_config(self.checkpoint)
+        return load_config(self.run_dir)
 
     @property
     def family(self) -> str:
@@ -253,7 +287,7 @@ class Trainer:
         started = time.perf_counter() - self.state["elapsed_s"]
         last_loss, val = float("nan"), {}
         progress = self._progress(start_step) if main else contextlib.nullcontext()
-        with progress as bar, self._tensorboard() as tb:
+        with progress as bar, self._tensorboard() as tb, self.signals.installed():
             task = bar.add_task("train", total=cfg.max_steps, completed=start_step, loss="", tps="") if bar else None
             window_start, window_tokens = time.perf_counter(), 0
             step = start_step
@@ -276,11 +310,14 @@ class Trainer:
                     self.state["elapsed_s"] = time.perf_counter() - started
                     self._save()
             if step > start_step and step % cfg.save_every and step != cfg.max_steps:
-                if step % cfg.eval_interval:
+                if step % cfg.eval_interval and self.interrupted_by is None:  # a signal's grace time is short
                     val = self._validate(step, tb, bar)
                 self.state["elapsed_s"] = time.perf_counter() - started
                 self._save()
         self.state["elapsed_s"] = time.perf_counter() - started
+        if self.interrupted_by is not None:
+            resumable = latest_checkpoint(self.run_dir) is not None
+            raise TrainingInterrupted(self.interrupted_by, self.state["step"], self.run_dir, resumable)
         return TrainResult(
             run_dir=self.run_dir,
             step=self.state["step"],
@@ -296,14 +333,15 @@ class Trainer:
         cfg = self.cfg
         if cfg.stop_at_step is not None and step >= cfg.stop_at_step:
             return True
-        if cfg.max_minutes is None:
-            return False
-        over = time.perf_counter() - started > 60 * cfg.max_minutes
-        if self.info.enabled:  # every rank must agree, or DDP deadlocks
-            flag = torch.tensor([float(over)], device=self.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-            over = bool(flag.item())
-        return over
+        over = cfg.max_minutes is not None and time.perf_counter() - started > 60 * cfg.max_minutes
+        signum = self.signals.received or 0
+        if self.info.enabled:  # every rank agrees (on the time, on a signal only some received), or DDP deadlocks
+            flags = torch.tensor([float(over), float(signum)], device=self.device)
+            torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+            over, signum = bool(flags[0].item()), int(flags[1].item())
+        if signum:
+            self.interrupted_by = signum
+        return over or bool(signum)
 
     def _train_step(self, step: int) -> float:
         """One optimizer step on the global batch of ``step``; returns the loss averaged over processes."""
@@ -421,8 +459,13 @@ class Trainer:
 
     def _save(self) -> None:
         if self.info.is_main:
-            save_checkpoint(self.run_dir, self._checkpoint_parts(), dict(self.state))
-            self._export()
+            config = self.model.config if self.base_fingerprint is None else None
+            path = save_checkpoint(self.run_dir, self._checkpoint_parts(), dict(self.state), config)
+            try:
+                self._export()
+            except OSError as exc:
+                raise WriteError(f"cannot update the model files in {self.run_dir} ({exc.strerror or exc}): checkpoint "
+                                 f"{path.name} is complete; free space and continue with --resume") from exc
         distributed.barrier(self.info)
 
     def _export(self) -> None:
@@ -452,7 +495,7 @@ class Trainer:
         )
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop what a killed run logged after its last checkpoint
-            keep = [line for line in metrics.read_text().splitlines() if json.loads(line)["step"] <= self.state["step"]]
+            keep = _records_up_to(metrics, self.state["step"], self._warn)
             metrics.write_text("".join(line + "\n" for line in keep))
 
     def _parameter_counts(self) -> dict[str, int]:
@@ -549,6 +592,23 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
+
+
+def _records_up_to(metrics: Path, step: int, warn) -> list[str]:
+    """The lines of ``metrics.jsonl`` logged up to ``step``; lines that do not parse (cut by a kill mid-write,
+    or damaged) are dropped with a warning."""
+    keep, damaged = [], 0
+    for line in metrics.read_text(errors="replace").splitlines():
+        try:
+            record_step = json.loads(line)["step"]
+        except (ValueError, KeyError, TypeError):
+            damaged += 1
+            continue
+        if isinstance(record_step, int) and record_step <= step:
+            keep.append(line)
+    if damaged:
+        warn(f"{metrics}: dropped {damaged} damaged line{'s' if damaged > 1 else ''}")
+    return keep
 
 
 def opening_words(split, tokenizer, words: int = 3, tokens: int = 256) -> str:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
-from ...errors import ConfigError
+from ...errors import ConfigError, CorruptFileError, DataError
+from ...loading import check_weights, first_line
 from .configuration_dat import DATConfig
 from .convert_parts import (
     RETRIEVERS,
@@ -148,10 +149,35 @@ def convert_dat_checkpoint(in_path: str | Path, out_dir: str | Path) -> PreTrain
     """``attnlab convert dat-checkpoint IN OUT``: the authors' ``{'config', 'model'}`` .pt → an attnlab model
     directory (``attnlab.load(OUT)`` or the Auto class of its kind: ``AutoModelForCausalLM``,
     ``AutoModelForSeq2SeqLM``, ``AutoModelForImageClassification``). Loads tensors and plain data only
-    (``weights_only=True``), never arbitrary pickled objects."""
-    ckpt = torch.load(in_path, map_location="cpu", weights_only=True)
+    (``weights_only=True``), never arbitrary pickled objects. A file that is not such a checkpoint, or whose
+    tensors do not fit its config, is one line (``CorruptFileError``), and nothing is written."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"{out_dir} is a file; give the converted model a new or existing directory")
+    ckpt = _read_authors_checkpoint(Path(in_path))
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("config"), dict) or "model" not in ckpt:
         raise ConfigError(f"{in_path} is not a dual-attention checkpoint: expected keys 'config' (a dict) and 'model'")
-    model = convert_authors_checkpoint(ckpt["config"], ckpt["model"])
+    try:
+        model = convert_authors_checkpoint(ckpt["config"], ckpt["model"])
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a missing key, a tensor of another shape: the file is not intact
+        raise CorruptFileError(in_path, f"its tensors do not fit its config ({first_line(exc)})",
+                               "convert the checkpoint the dual-attention package saved, unmodified") from None
     model.save_pretrained(out_dir)
+    check_weights(out_dir, model.config)  # what was written reads back as this model
     return model
+
+
+def _read_authors_checkpoint(path: Path) -> Any:
+    """``torch.load(weights_only=True)``, every failure one line: not a file torch wrote, truncated, damaged,
+    or holding objects other than tensors and plain data."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"checkpoint not found: {path}") from None
+    except IsADirectoryError:
+        raise DataError(f"{path} is a directory; give the checkpoint file") from None
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError of a truncated zip, EOFError...
+        raise CorruptFileError(path, f"not a readable PyTorch checkpoint ({first_line(exc)})",
+                               "give the .pt file the dual-attention package saved, complete") from None
