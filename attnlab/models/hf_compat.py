@@ -35,3 +35,15 @@ def one_cache(cache: Cache | None, past_key_values: Cache | None) -> Cache | Non
     if cache is not None and past_key_values is not None:
         raise ValueError("pass the cache once: cache=... (past_key_values is its name before transformers 5.24)")
     return cache if cache is not None else past_key_values
+
+
+class GeneratesWithOwnCache:
+    """Mixin for a model with ``make_cache()``: ``generate()`` starts from the model's own cache (recurrent state,
+    conv windows, relational heads, an encoder-decoder pair...) instead of transformers' default one."""
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
+        wants_default = generation_config.cache_implementation in (None, "dynamic")
+        if model_kwargs.get(CACHE_FIELD) is None and generation_config.use_cache and wants_default:
+            model_kwargs[CACHE_FIELD] = self.make_cache()
+            return
+        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)

@@ -33,7 +33,7 @@ from ..layers.norms import build_norm
 from ..layers.rotary import RotaryEmbedding, rope_inverse_frequencies
 from .analysis_data import attention_entry
 from .config import AttnLabConfig
-from .hf_compat import CACHE_FIELD, one_cache
+from .hf_compat import CACHE_FIELD, GeneratesWithOwnCache, one_cache
 
 
 class Block(nn.Module):
@@ -257,7 +257,7 @@ class AttnLabPreTrainedModel(PreTrainedModel):
             init.copy_(module.inv_freq, rope_inverse_frequencies(2 * module.inv_freq.numel(), module.theta))
 
 
-class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
+class AttnLabForCausalLM(GeneratesWithOwnCache, AttnLabPreTrainedModel, GenerationMixin):
     """A causal LM on the shared skeleton. Subclasses set ``config_class`` and implement ``build_mixer``."""
 
     _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
@@ -348,14 +348,6 @@ class AttnLabForCausalLM(AttnLabPreTrainedModel, GenerationMixin):
     def attention_labels(self, weights: torch.Tensor, tokens: list[str]) -> tuple[list[str], list[str]]:
         """A label per head and per key of one layer's (heads, queries, keys) maps."""
         return [f"head {h}" for h in range(weights.shape[0])], list(tokens)
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        """Let ``generate()`` use the family's own cache (recurrent state, conv state...) via ``make_cache``."""
-        wants_default = generation_config.cache_implementation in (None, "dynamic")
-        if model_kwargs.get(CACHE_FIELD) is None and generation_config.use_cache and wants_default:
-            model_kwargs[CACHE_FIELD] = self.make_cache()
-            return
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens

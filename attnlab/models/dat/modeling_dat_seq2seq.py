@@ -25,7 +25,7 @@ from ...layers.context import MixerContext
 from ...layers.dual_attention import DATCache, build_symbol_retriever
 from ...layers.masks import padding_mask
 from ...layers.sinusoidal import SinusoidalPositions
-from ..hf_compat import CACHE_FIELD, SEQ2SEQ_CACHE_FIELD, one_cache
+from ..hf_compat import SEQ2SEQ_CACHE_FIELD, GeneratesWithOwnCache, one_cache
 from ..skeleton import _key_padding_mask, _position_ids, causal_lm_loss
 from .configuration_dat_seq2seq import DATSeq2SeqConfig
 from .stacks import DATPreTrainedModel, DualAttentionStack, StackOutput
@@ -139,7 +139,7 @@ class Seq2SeqDecoder(TokenStack):
         return self.run(x, ctx, memory=memory, memory_ctx=memory_ctx, output_hidden_states=output_hidden_states)
 
 
-class DATForSeq2SeqLM(DATPreTrainedModel, GenerationMixin):
+class DATForSeq2SeqLM(GeneratesWithOwnCache, DATPreTrainedModel, GenerationMixin):
     """Encoder-decoder DAT with an LM head on the decoder (tied to the target embedding by default; untied and with
     a bias, ``tie_word_embeddings=False`` and ``lm_head_bias=True``, it is the authors' seq2seq models' head).
 
@@ -190,14 +190,6 @@ class DATForSeq2SeqLM(DATPreTrainedModel, GenerationMixin):
             raise ValueError("shifting labels into decoder inputs needs decoder_start_token_id and pad_token_id "
                              "in the config")
         return shift_tokens_right(labels, pad, start)
-
-    def _prepare_cache_for_generation(self, generation_config, model_kwargs, *args, **kwargs):
-        """Let ``generate()`` use ``make_cache`` (the DAT heads' cache, the memory's keys/values)."""
-        wants_default = generation_config.cache_implementation in (None, "dynamic")
-        if model_kwargs.get(CACHE_FIELD) is None and generation_config.use_cache and wants_default:
-            model_kwargs[CACHE_FIELD] = self.make_cache()
-            return
-        return super()._prepare_cache_for_generation(generation_config, model_kwargs, *args, **kwargs)
 
     def forward(
         self,
