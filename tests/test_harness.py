@@ -7,10 +7,8 @@ import json
 import math
 
 import pytest
-import torch
 
 import attnlab
-from attnlab.data import build_tokenizer
 from attnlab.errors import ConfigError
 
 pytest.importorskip("lm_eval")
@@ -81,22 +79,6 @@ def tasks_dir(tmp_path_factory):
     return folder
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A saved debug model of every family with the byte tokenizer, as a run directory holds them."""
-    saved = {}
-    tok = build_tokenizer("byte")
-    for family in attnlab.list_models():
-        torch.manual_seed(0)
-        model = attnlab.create_model(family, "debug", vocab_size=len(tok), eos_token_id=tok.eos_token_id,
-                                     pad_token_id=tok.pad_token_id)
-        path = tmp_path_factory.mktemp(family)
-        model.save_pretrained(path)
-        tok.save_pretrained(path)
-        saved[family] = path
-    return saved
-
-
 def loglikelihoods(results) -> list[float]:
     """Every (document, choice) log-likelihood, in document order; lm-eval answers each as [(ll, is_greedy)]."""
     return [resp[0][0] for sample in results["samples"]["toy_choice"] for resp in sample["resps"]]
@@ -107,8 +89,8 @@ def generations(results) -> list[str]:
 
 
 @pytest.mark.parametrize("family", attnlab.list_models())
-def test_batch_size_does_not_change_scores_or_generations(runs, tasks_dir, family):
-    scored = {bs: evaluate_tasks(runs[family], ["toy_choice", "toy_continue"], include_path=tasks_dir,
+def test_batch_size_does_not_change_scores_or_generations(debug_runs, tasks_dir, family):
+    scored = {bs: evaluate_tasks(debug_runs[family], ["toy_choice", "toy_continue"], include_path=tasks_dir,
                                  batch_size=bs, device="cpu", log_samples=True) for bs in (1, 4)}
     one, four = loglikelihoods(scored[1]), loglikelihoods(scored[4])
     assert len(one) == 3 * len(DOCS) and all(math.isfinite(ll) and ll < 0 for ll in one)
@@ -121,29 +103,29 @@ def test_batch_size_does_not_change_scores_or_generations(runs, tasks_dir, famil
     assert accuracy == pytest.approx(sum(choice == 0 for choice in best) / len(DOCS))
 
 
-def test_default_generation_length_fits_a_small_context(runs):
-    model, tok = attnlab.load(runs["gpt"]), attnlab.load_tokenizer(runs["gpt"])
+def test_default_generation_length_fits_a_small_context(debug_runs):
+    model, tok = attnlab.load(debug_runs["gpt"]), attnlab.load_tokenizer(debug_runs["gpt"])
     lm = lm_class()(pretrained=model, tokenizer=tok, backend="causal")
     assert lm.max_length == model.config.block_size == 64  # max_position_embeddings is block_size
     assert lm.max_gen_toks == 32
     assert lm.tok_decode([lm.prefix_token_id], skip_special_tokens=False) == "<|endoftext|>"
 
 
-def test_plain_hflm_scores_as_evaluate_tasks(runs, tasks_dir):
+def test_plain_hflm_scores_as_evaluate_tasks(debug_runs, tasks_dir):
     """The route docs/evaluation.md shows: lm-eval's own HFLM on a loaded attnlab model."""
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
 
-    model, tok = attnlab.load(runs["dat"]), attnlab.load_tokenizer(runs["dat"])
+    model, tok = attnlab.load(debug_runs["dat"]), attnlab.load_tokenizer(debug_runs["dat"])
     lm = HFLM(pretrained=model, tokenizer=tok, batch_size=4, backend="causal")
     plain = simple_evaluate(model=lm, tasks=["toy_choice"], task_manager=task_manager(tasks_dir), log_samples=True)
     ours = evaluate_tasks(model, "toy_choice", tokenizer=tok, include_path=tasks_dir, batch_size=2, log_samples=True)
     assert loglikelihoods(plain) == pytest.approx(loglikelihoods(ours), abs=1e-4)
 
 
-def test_cli_prints_the_metrics_and_writes_the_results(runs, tasks_dir, tmp_path, run_cli):
+def test_cli_prints_the_metrics_and_writes_the_results(debug_runs, tasks_dir, tmp_path, run_cli):
     out_file = tmp_path / "out" / "results.json"
-    code, out, err = run_cli("eval", str(runs["leap"]), "--tasks", "toy_*", "--include-path", str(tasks_dir),
+    code, out, err = run_cli("eval", str(debug_runs["leap"]), "--tasks", "toy_*", "--include-path", str(tasks_dir),
                              "--limit", "4", "--batch-size", "2", "--device", "cpu", "--output", str(out_file))
     assert code == 0, err
     lines = out.strip().splitlines()
@@ -165,8 +147,8 @@ def test_cli_prints_the_metrics_and_writes_the_results(runs, tasks_dir, tmp_path
         (["--tasks", "toy_choice", "--include-path", "{tasks}", "--limit", "0"], "--limit must be positive"),
     ],
 )
-def test_cli_task_mistakes_end_in_one_line(runs, tasks_dir, run_cli, args, message):
-    code, _, err = run_cli("eval", str(runs["gpt"]), *[a.replace("{tasks}", str(tasks_dir)) for a in args])
+def test_cli_task_mistakes_end_in_one_line(debug_runs, tasks_dir, run_cli, args, message):
+    code, _, err = run_cli("eval", str(debug_runs["gpt"]), *[a.replace("{tasks}", str(tasks_dir)) for a in args])
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
 
 
