@@ -44,7 +44,8 @@ def _causal(maps, offset=0):
 def test_common_fields(family, tok, tmp_path):
     result = analyze(_model(family), tok, PROMPT, position=3, top_k=5)
     json.loads(json.dumps(result))  # plain JSON data
-    assert result["family"] == family and result["tokens"][:2] == ["T", "o"] and len(result["ids"]) == T
+    assert result["kind"] == "causal_lm" and result["family"] == family
+    assert result["tokens"][:2] == ["T", "o"] and len(result["ids"]) == T
     assert result["position"] == 3 and len(result["next_token"]["top"]) == 5
     assert len(result["next_token_all"]) == T
     probs = [p["prob"] for p in result["next_token"]["top"]]

@@ -1,13 +1,16 @@
-"""attnlab viz: the JSON API (in a background thread) and the page in a real headless Chromium.
+"""attnlab viz: the JSON API (in a background thread) and the page in a real headless Chromium, for the causal LMs
+and for DAT's sequence-to-sequence and vision models.
 
-The browser test needs Debian's chromium and Playwright for Python (``scripts/install-browser.sh``) and skips
+The browser tests need Debian's chromium and Playwright for Python (``scripts/install-browser.sh``) and skip
 otherwise. ``ATTNLAB_SCREENSHOTS=docs/screenshots pytest tests/test_viz.py -k browser`` also writes one
-screenshot per family there (the README's images).
+screenshot per family and per model kind there (the README's images).
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -18,6 +21,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,7 +30,7 @@ pytest.importorskip("plotly", reason="attnlab viz needs plotly (pip install 'att
 import attnlab  # noqa: E402
 from attnlab.data import build_tokenizer  # noqa: E402
 from attnlab.viz import make_server  # noqa: E402
-from attnlab.viz.screenshots import CHROMIUM_ARGS, explore  # noqa: E402
+from attnlab.viz.screenshots import CHROMIUM_ARGS, explore, explore_image, explore_seq2seq  # noqa: E402
 
 FAMILIES = ["gpt", "dat", "leap", "lsw", "moa"]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -196,6 +200,193 @@ def test_browser_end_to_end(server, runs, tmp_path):
         browser.close()
 
 
+# ------------------------------------------------------------------------------------------ seq2seq and vision
+@pytest.fixture(scope="module")
+def kinds(tmp_path_factory) -> dict[str, str]:
+    """Saved debug models of DAT's other kinds: sequence-to-sequence with the byte tokenizer, and vision models
+    for the built-in digits (8×8 grey), relational games (36×36 RGB), and one no sample fits (16×16 RGB, its
+    image processor saved beside it)."""
+    out = {}
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("seq2seq")
+    attnlab.create_model("dat-seq2seq", "debug", vocab_size=257, pad_token_id=0, eos_token_id=256,
+                         decoder_start_token_id=256).save_pretrained(path)
+    build_tokenizer("byte").save_pretrained(path)
+    out["seq2seq"] = str(path)
+    shapes = {"digits": dict(image_size=8, num_channels=1, num_labels=10),
+              "relgames": dict(image_size=36, patch_size=12, num_labels=2, symbol_retrieval="positional"),
+              "plain": dict(pooling="mean")}
+    for name, options in shapes.items():
+        torch.manual_seed(0)
+        path = tmp_path_factory.mktemp(name)
+        model = attnlab.create_model("dat-vision", "debug", **options)
+        model.save_pretrained(path)
+        if name == "plain":
+            model.default_image_processor().save_pretrained(path)
+        out[name] = str(path)
+    return out
+
+
+@pytest.fixture(scope="module")
+def kinds_server(kinds):
+    with serving(list(kinds.values()), max_prompt_tokens=48) as srv:
+        yield srv
+
+
+def png(array: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_model_kinds_are_described(kinds_server, kinds):
+    from PIL import Image
+
+    status, info = call(kinds_server, "/api/model", {"model": kinds["seq2seq"]})
+    assert status == 200 and (info["kind"], info["family"], info["generates"]) == ("seq2seq", "dat-seq2seq", True)
+    status, info = call(kinds_server, "/api/model", {"model": kinds["digits"]})
+    assert status == 200 and (info["kind"], info["family"], info["generates"]) == ("image", "dat-vision", False)
+    assert info["image"] == {"height": 8, "width": 8, "channels": 1, "patch_size": 4, "classes": 10}
+    items = info["examples"]["items"]
+    assert info["examples"]["source"] == "scikit-learn digits" and [e["caption"] for e in items] == [
+        f"digit {d}" for d in range(10)]
+    assert Image.open(io.BytesIO(base64.b64decode(items[0]["png"]))).size == (8, 8)
+    status, info = call(kinds_server, "/api/model", {"model": kinds["relgames"]})
+    assert len(info["examples"]["items"]) == 6 and info["examples"]["items"][0]["caption"] == "same: yes"
+    status, info = call(kinds_server, "/api/model", {"model": kinds["plain"]})
+    assert status == 200 and info["examples"] == {"source": None, "items": []}
+    status, payload = call(kinds_server, "/api/model", {"model": "/etc"})
+    assert status == 403 and "outside the runs" in payload["error"]
+
+
+def test_seq2seq_analyze_and_generate(kinds_server, kinds):
+    status, result = call(kinds_server, "/api/analyze", {"model": kinds["seq2seq"], "source": "abcd", "target": "dc",
+                                                         "top_k": 3})
+    assert status == 200, result
+    assert result["kind"] == "seq2seq" and result["source_tokens"] == list("abcd")
+    assert result["target_tokens"] == ["<|endoftext|>", "d", "c"] and len(result["next_token"]["top"]) == 3
+    assert len(result["encoder_layers"]) == 2 and len(result["decoder_layers"]) == 2
+    cross = torch.tensor(result["decoder_layers"][1]["cross_attention"]["weights"])
+    assert cross.shape == (4, 3, 4) and torch.allclose(cross.sum(-1), torch.ones(4, 3), atol=1e-4)
+    status, result = call(kinds_server, "/api/analyze", {"model": kinds["seq2seq"], "source": "abcd"})
+    assert status == 200 and result["target_tokens"] == ["<|endoftext|>"] and result["target"] == ""
+    status, out = call(kinds_server, "/api/generate", {"model": kinds["seq2seq"], "source": "abcd",
+                                                       "max_new_tokens": 4})
+    assert status == 200 and out["source"] == "abcd" and isinstance(out["text"], str) and out["text"] == out["target"]
+
+
+@pytest.mark.parametrize(("body", "status", "message"), [
+    ({}, 400, "the source is empty"),
+    ({"prompt": "abc"}, 400, "the source is empty"),
+    ({"source": "abc", "target": 5}, 400, "the target must be a string, got 5"),
+    ({"source": "x" * 49}, 413, "the source is 49 tokens long; the limit is 48"),
+    ({"source": "abc", "target": "y" * 60}, 413, "the target is 60 tokens long"),
+    ({"source": "abc", "target": "ab", "position": 3}, 400, "position 3 is outside the target prefix"),
+])
+def test_bad_seq2seq_requests_are_400_json(kinds_server, kinds, body, status, message):
+    code, payload = call(kinds_server, "/api/analyze", {"model": kinds["seq2seq"], **body})
+    assert code == status and message in payload["error"], payload
+
+
+def test_image_analyze_with_examples_and_uploads(kinds_server, kinds):
+    status, result = call(kinds_server, "/api/analyze", {"model": kinds["digits"], "example": 3, "top_k": 4})
+    assert status == 200, result
+    assert result["kind"] == "image" and result["example"] == "digit 3" and result["grid"] == [2, 2]
+    assert result["tokens"] == ["cls", "p(0,0)", "p(0,1)", "p(1,0)", "p(1,1)"]
+    assert len(result["prediction"]["top"]) == 4 and result["image"]["channels"] == 1
+    layer = result["layers"][0]
+    assert torch.tensor(layer["patch_attention"]["maps"]).shape == (4, 2, 2)
+    assert torch.tensor(layer["relations"]["values"]).shape[1:] == (5, 5)
+    status, result = call(kinds_server, "/api/analyze", {"model": kinds["relgames"], "example": "5"})
+    assert status == 200 and result["example"] == "occurs: no" and result["grid"] == [3, 3]
+    assert result["layers"][0]["symbols"]["assigned"] == [list(range(10))]
+    picture = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    for image in (png(picture), "data:image/png;base64," + png(picture)):
+        status, result = call(kinds_server, "/api/analyze", {"model": kinds["plain"], "image": image})
+        assert status == 200 and result["image"]["pixels"] == picture.tolist() and result["example"] is None
+        assert result["pooling"] == "mean" and len(result["prediction"]["top"]) == 3  # top_k 10, 3 classes
+
+
+def test_bad_image_requests_are_answered_in_json(kinds_server, kinds):
+    from PIL import Image
+
+    huge = io.BytesIO()
+    Image.new("1", (5000, 5000)).save(huge, format="PNG")
+    truncated = base64.b64decode(png(np.zeros((16, 16, 3), dtype=np.uint8)))[:-30]
+    cases = [
+        ("plain", {}, 400, "one of the two"),
+        ("digits", {"example": 0, "image": png(np.zeros((8, 8), dtype=np.uint8))}, 400, "one of the two"),
+        ("plain", {"example": 0}, 400, "no built-in images fit this model (16×16, 3 channel(s)): upload an image"),
+        ("digits", {"example": 10}, 400, "example must be between 0 and 9"),
+        ("digits", {"example": "two"}, 400, "example must be an integer"),
+        ("plain", {"image": "not base64!"}, 400, "not valid base64"),
+        ("plain", {"image": base64.b64encode(b"hello").decode()}, 400, "not a PNG or JPEG"),
+        ("plain", {"image": ["a"]}, 400, "image must be a base64 PNG or JPEG"),
+        ("plain", {"image": "data:image/png," + png(np.zeros((4, 4), dtype=np.uint8))}, 400, "must be base64"),
+        ("plain", {"image": base64.b64encode(huge.getvalue()).decode()}, 413, "the limit is 16,777,216 pixels"),
+        ("plain", {"image": base64.b64encode(truncated).decode()}, 400, "damaged"),
+    ]
+    for model, body, status, message in cases:
+        code, payload = call(kinds_server, "/api/analyze", {"model": kinds[model], **body})
+        assert code == status and message in payload["error"], (body, payload)
+    code, payload = call(kinds_server, "/api/generate", {"model": kinds["digits"], "prompt": "hi"})
+    assert code == 400 and "generates nothing" in payload["error"]
+    assert call(kinds_server, "/api/analyze", {"model": kinds["digits"], "example": 0})[0] == 200
+
+
+def test_viz_command_accepts_seq2seq_and_vision_runs(kinds, monkeypatch):
+    from attnlab.cli import _Parser
+    from attnlab.viz import cli, server
+
+    served = []
+    monkeypatch.setattr(server, "serve", lambda runs, *args, **options: served.append(runs))
+    parser = _Parser(prog="attnlab")
+    cli.add_viz_parser(parser.add_subparsers(dest="command", parser_class=_Parser))
+    assert cli.cmd_viz(parser.parse_args(["viz", kinds["seq2seq"], kinds["digits"]])) == 0
+    assert served == [[kinds["seq2seq"], kinds["digits"]]]
+
+
+def test_browser_seq2seq_and_image_views(kinds_server, kinds, tmp_path):
+    sync_api = _browser()
+    shots = os.environ.get("ATTNLAB_SCREENSHOTS")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        explore_seq2seq(page, kinds_server.url, kinds["seq2seq"], tmp_path / "seq2seq.png")
+        assert page.locator("#encoder-maps .heatmap").count() == 4  # 2 SA + 2 RA heads
+        assert page.locator("#encoder-maps .heatmap .main-svg").count() >= 4  # drawn by plotly
+        assert page.locator("#encoder-relations .heatmap").count() == 2  # one per relation dimension
+        assert page.locator("#decoder-maps .heatmap").count() == 4
+        assert page.locator("#cross-maps .heatmap").count() == 4
+        assert page.locator("#cross-maps .heatmap .main-svg").count() >= 4
+        assert page.locator("#target-tokens .tok.selected").inner_text() == "s"  # [start, "s", "n", ...][1]
+        assert "next token after target position 1" in page.locator("#s2s-topk").inner_text()
+        assert page.locator("#results").is_hidden() and page.locator("#image-results").is_hidden()
+        explore_image(page, kinds_server.url, kinds["relgames"], tmp_path / "image.png")
+        assert page.locator("#prediction .main-svg").count() >= 1
+        assert page.locator("#patch-maps .heatmap").count() == 4 + 1  # per head, and their mean
+        assert page.locator("#patch-maps .heatmap .main-svg").count() >= 5
+        assert page.locator("#patch-relations .heatmap").count() == 2
+        assert page.locator("#image-maps .heatmap").count() == 4
+        assert page.locator("#image-relations .heatmap").count() == 2
+        assert "same: yes" in page.locator("#img-family").inner_text()
+        page.select_option("#img-query", "4")  # a patch as the query: its own row on the grid
+        assert "token 4 (p(1,0))" in page.locator("#patch-title").inner_text()
+        assert page.locator("#patch-maps .heatmap").count() == 5
+        # a prompt-less LM flow still works in the same page afterwards
+        page.fill("#model", kinds["plain"])
+        page.click("#analyze")
+        page.wait_for_selector("#error:not([hidden])")
+        assert "upload an image" in page.locator("#error").inner_text()
+        if shots:
+            Path(shots).mkdir(parents=True, exist_ok=True)
+            explore_seq2seq(page, kinds_server.url, kinds["seq2seq"], Path(shots) / "dat-seq2seq.png")
+            explore_image(page, kinds_server.url, kinds["relgames"], Path(shots) / "dat-vision.png")
+        browser.close()
+
+
 # ------------------------------------------------------------------------------------------ abuse and load
 def raw(server, data: bytes, timeout: float = 10) -> tuple[int, dict, bytes]:
     """Send raw bytes on one connection and end the sending side; the status, the JSON body and what followed
@@ -267,9 +458,9 @@ def test_malformed_http_is_answered_in_json_and_the_server_stays_up(server):
 
 
 def test_oversized_body_is_413_and_the_connection_closes(server):
-    big = b"x" * (1 << 20)
+    big = b"x" * (2 << 20)
     code, payload, rest = raw(server, b"POST /api/analyze HTTP/1.1\r\nContent-Length: %d\r\n\r\n" % len(big) + big)
-    assert code == 413 and "the limit is 65,536" in payload["error"] and rest == b""
+    assert code == 413 and "the limit is 1,048,576" in payload["error"] and rest == b""
     claim = b"POST /api/analyze HTTP/1.1\r\nContent-Length: 10000000000\r\n\r\n{}"  # claimed, never sent
     code, payload, _ = raw(server, claim)
     assert code == 413 and "10,000,000,000 bytes" in payload["error"]

@@ -34,3 +34,17 @@ def attention_entry(
 ) -> dict[str, Any]:
     """Softmax maps (heads, T, S) of one layer with a label per head and per key, as JSON-ready data."""
     return {"weights": to_json(weights), "head_labels": head_labels, "key_labels": key_labels, "title": title}
+
+
+def relations_entry(values: torch.Tensor, *, activation: str, symmetric: bool) -> dict[str, Any]:
+    """DAT's relations r(x_i, x_j) of one layer, (n_relations, queries, keys) with NaN where not shown (a causal
+    layer's future pairs), as JSON-ready heatmaps labelled ``relation ℓ``."""
+    return {"values": to_json(values), "labels": [f"relation {l}" for l in range(values.shape[0])],
+            "activation": activation, "symmetric": symmetric}
+
+
+def grid_maps(rows: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(..., patches) weights over an image's patches, in raster order, reshaped to the patch grid (..., rows, cols)."""
+    if rows.shape[-1] != grid[0] * grid[1]:
+        raise ValueError(f"{rows.shape[-1]} patch values do not fill a {grid[0]}×{grid[1]} grid")
+    return rows.reshape(*rows.shape[:-1], *grid)

@@ -34,7 +34,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
         if not (Path(run) / "config.json").is_file():
             parser.error(f"{run} is not a saved model: no config.json there")
         try:
-            check_model_files(run)  # a damaged run is refused at start, not at its first request
+            check_model_files(run, causal_only=False)  # a damaged run is refused at start, not at its first request
         except AttnlabError as exc:
             print(f"attnlab viz: error: {exc}", file=sys.stderr)
             return 2

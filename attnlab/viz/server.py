@@ -1,9 +1,14 @@
 """The viz app's HTTP server: static page + a small JSON API over ``attnlab.analysis``.
 
 Routes: ``GET /`` (the page), ``GET /static/<file>`` (app.js, app.css, plotly.min.js from the ``plotly``
-package), ``GET /api/models``, ``POST /api/analyze`` and ``POST /api/generate`` (JSON bodies). Every error is a
-JSON ``{"error": message}`` with a 4xx/5xx status, including those of malformed HTTP and unknown methods; one
-request's failure (a bad path, a model that does not load, an oversized prompt) never stops the server.
+package), ``GET /api/models``, ``POST /api/model`` (what a model takes: its kind, and sample images for an image
+model), ``POST /api/analyze`` and ``POST /api/generate`` (JSON bodies). Every error is a JSON ``{"error": message}``
+with a 4xx/5xx status, including those of malformed HTTP and unknown methods; one request's failure (a bad path, a
+model that does not load, an oversized prompt) never stops the server.
+
+A request's body depends on the kind of model (``attnlab.analysis.analysis_kind``): a causal LM reads ``prompt``;
+a sequence-to-sequence model ``source`` and an optional ``target`` prefix; an image classifier ``image`` (a base64
+PNG or JPEG, or a ``data:`` URL) or ``example`` (the index of a built-in sample image, ``attnlab.viz.examples``).
 
 What a request can cost is bounded: bodies up to ``MAX_BODY`` bytes, ``max_connections`` connections at once
 (more are answered 503), a socket timeout for slow clients, one forward pass at a time (a request that waits
@@ -14,7 +19,10 @@ started with ``allow_any_path``: a request cannot make it read other files.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import io
 import json
 import math
 import socket
@@ -27,10 +35,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from ..analysis import analysis_kind
 from ..errors import AttnlabError
 
 STATIC = Path(__file__).with_name("static")
-MAX_BODY = 64 << 10  # bytes of a request body: a prompt of max_prompt_tokens and a few options fit many times
+MAX_BODY = 1 << 20  # bytes of a request body: an image upload (a 224×224 PNG is at most ~200 KB in base64)
+MAX_IMAGE_PIXELS = 4096 * 4096  # an uploaded image's size, read from its header before it is decoded
 SOCKET_TIMEOUT = 30.0  # seconds a client may take to send its request
 DRAIN_LIMIT = 4 << 20  # bytes of a refused body read and dropped (see VizHandler._discard)
 REFUSING_THREADS = 32  # connections over max_connections answered 503 at once; more are closed unanswered
@@ -136,8 +146,8 @@ class VizServer(ThreadingHTTPServer):
                 "max_new_tokens": self.max_new_tokens}
 
     def model(self, path: Any):
-        """(model, tokenizer) for a run directory inside the server's runs; size-checked on the meta device
-        before any weight is read."""
+        """(model, tokenizer or image processor) for a run directory inside the server's runs; size-checked on the
+        meta device before any weight is read."""
         import attnlab
 
         key = str(self.allowed_path(path))
@@ -154,7 +164,8 @@ class VizServer(ThreadingHTTPServer):
             raise RequestError(413, f"model {path} has {parameters:,} parameters; this server's limit is "
                                     f"{self.max_parameters:,} (attnlab viz --max-parameters)")
         try:
-            loaded = (attnlab.load(key, device="cpu"), attnlab.load_tokenizer(key))
+            model = _load_model(key)
+            loaded = (model, analysis_kind(model).load_preprocessor(model, key))
         except Exception as exc:  # noqa: BLE001
             raise RequestError(400, f"cannot load model from {path}: {_one_line(exc)}") from exc
         self._models[key] = loaded
@@ -180,30 +191,93 @@ class VizServer(ThreadingHTTPServer):
                                     "with it as an argument (or with --allow-any-path)")
         return resolved
 
-    def check_prompt(self, tokenizer, prompt: Any) -> None:
-        if not isinstance(prompt, str) or not prompt:
-            raise RequestError(400, "the prompt is empty")
+    def check_prompt(self, tokenizer, prompt: Any, what: str = "prompt", *, required: bool = True) -> None:
+        """A text field of a request: a string (non-empty if ``required``) of at most ``max_prompt_tokens``."""
+        if prompt is None and not required:
+            return
+        if not isinstance(prompt, str) or (required and not prompt):
+            raise RequestError(400, f"the {what} is empty" if required or prompt == "" else
+                               f"the {what} must be a string, got {_shown(prompt)}")
         n = len(prompt) if len(prompt) > 16 * self.max_prompt_tokens else len(tokenizer(prompt).input_ids)
         if n > self.max_prompt_tokens:
-            raise RequestError(413, f"the prompt is {n} tokens long; the limit is {self.max_prompt_tokens} tokens "
+            raise RequestError(413, f"the {what} is {n} tokens long; the limit is {self.max_prompt_tokens} tokens "
                                     "(attnlab viz --max-prompt-tokens)")
 
-    def analyze(self, body: dict[str, Any]) -> dict[str, Any]:
-        from ..analysis import analyze
+    def describe(self, body: dict[str, Any]) -> dict[str, Any]:
+        """What the page needs before an analysis: the model's kind and, for an image model, its image size,
+        classes and the built-in sample images that fit it. Read from config.json alone (no weights)."""
+        from ..loading import load_config
+        from ..models.registry import model_kind_of_config
 
+        key = self.allowed_path(body.get("model"))
+        if not key.is_dir():
+            raise RequestError(400, f"cannot load model: {body['model']} is not a directory")
+        try:
+            config = load_config(key, causal_only=False)
+        except Exception as exc:  # noqa: BLE001
+            raise RequestError(400, f"cannot load model from {body['model']}: {_one_line(exc)}") from exc
+        model_kind = model_kind_of_config(config)
+        kind = analysis_kind(model_kind.model_class)
+        info: dict[str, Any] = {"model": body["model"], "kind": kind.name, "family": model_kind.name,
+                                "generates": kind.generate is not None}
+        if kind.name == "image":
+            from .examples import example_set, examples
+
+            height, width = config.image_sides
+            chosen = example_set(config)
+            items = examples(chosen.name) if chosen else ()
+            info["image"] = {"height": height, "width": width, "channels": config.num_channels,
+                             "patch_size": config.patch_size, "classes": config.num_labels}
+            info["examples"] = {"source": chosen.name if items else None,
+                                "items": [{"index": i, "caption": e.caption, "png": e.png()}
+                                          for i, e in enumerate(items)]}
+        return info
+
+    def analyze(self, body: dict[str, Any]) -> dict[str, Any]:
         position, top_k = _int(body, "position", None), _int(body, "top_k", 10, low=1) or 10
         self.allowed_path(body.get("model"))  # refused before waiting for the model lock
         with self._busy():
-            model, tok = self.model(body.get("model"))
-            self.check_prompt(tok, body.get("prompt"))
-            result = analyze(model, tok, body["prompt"], position=position, top_k=top_k,
-                             max_tokens=self.max_prompt_tokens)
+            model, preprocessor = self.model(body.get("model"))
+            kind = analysis_kind(model)
+            result = _ANALYZE[kind.name](self, model, preprocessor, body, position, top_k)
         result["model"] = body["model"]
         return result
 
-    def generate(self, body: dict[str, Any]) -> dict[str, Any]:
-        from ..analysis import generate
+    def _analyze_text(self, model, tok, body: dict[str, Any], position: int | None, top_k: int) -> dict[str, Any]:
+        self.check_prompt(tok, body.get("prompt"))
+        return analysis_kind(model).analyze(model, tok, body["prompt"], position=position, top_k=top_k,
+                                            max_tokens=self.max_prompt_tokens)
 
+    def _analyze_seq2seq(self, model, tok, body: dict[str, Any], position: int | None, top_k: int) -> dict[str, Any]:
+        self.check_prompt(tok, body.get("source"), "source")
+        self.check_prompt(tok, body.get("target"), "target", required=False)
+        return analysis_kind(model).analyze(model, tok, body["source"], body.get("target") or "", position=position,
+                                            top_k=top_k, max_tokens=self.max_prompt_tokens)
+
+    def _analyze_image(self, model, processor, body: dict[str, Any], position: int | None,
+                       top_k: int) -> dict[str, Any]:
+        image, example = body.get("image"), body.get("example")
+        if (image is None) == (example is None):
+            raise RequestError(400, "send an image (\"image\": a base64 PNG or JPEG) or pick a built-in one "
+                                    "(\"example\": its index), one of the two")
+        if example is not None:
+            from .examples import example_set, examples
+
+            chosen = example_set(model.config)
+            items = examples(chosen.name) if chosen else ()
+            if not items:
+                height, width = model.config.image_sides
+                raise RequestError(400, f"no built-in images fit this model ({height}×{width}, "
+                                        f"{model.config.num_channels} channel(s)): upload an image")
+            index = _int(body, "example", 0, low=0, high=len(items) - 1)
+            picture, caption = items[index].pixels, items[index].caption
+        else:
+            picture, caption = decode_image(image), None
+        result = analysis_kind(model).analyze(model, picture, processor=processor, top_k=top_k)
+        result["example"] = caption
+        return result
+
+    def generate(self, body: dict[str, Any]) -> dict[str, Any]:
         new = _int(body, "max_new_tokens", 40) or 40
         if not 0 < new <= self.max_new_tokens:
             raise RequestError(400, f"max_new_tokens must be between 1 and {self.max_new_tokens}")
@@ -212,9 +286,13 @@ class VizServer(ThreadingHTTPServer):
         self.allowed_path(body.get("model"))
         with self._busy():
             model, tok = self.model(body.get("model"))
-            self.check_prompt(tok, body.get("prompt"))
-            return generate(model, tok, body["prompt"], max_new_tokens=new, greedy=greedy, temperature=temperature,
-                            seed=seed)
+            kind = analysis_kind(model)
+            if kind.generate is None:
+                raise RequestError(400, f"a {kind.name} model generates nothing: analyse it instead")
+            field = _TEXT_FIELD[kind.name]
+            self.check_prompt(tok, body.get(field), field)
+            return kind.generate(model, tok, body[field], max_new_tokens=new, greedy=greedy,
+                                 temperature=temperature, seed=seed)
 
     @contextlib.contextmanager
     def _busy(self) -> Iterator[None]:
@@ -227,6 +305,58 @@ class VizServer(ThreadingHTTPServer):
             yield
         finally:
             self._lock.release()
+
+
+_ANALYZE = {"causal_lm": VizServer._analyze_text, "seq2seq": VizServer._analyze_seq2seq,
+            "image": VizServer._analyze_image}  # how each kind of model reads its request
+_TEXT_FIELD = {"causal_lm": "prompt", "seq2seq": "source"}  # what a generating kind generates from
+
+
+def _load_model(key: str):
+    """A checked model of any attnlab kind, in eval mode: causal LMs through ``attnlab.load``, the others
+    (sequence-to-sequence, vision) with the same checks of config.json and the weights' header first."""
+    import attnlab
+
+    from ..loading import check_weights, load_config
+    from ..models.registry import model_kind_of_config
+
+    config = load_config(key, causal_only=False)
+    kind = model_kind_of_config(config)
+    if analysis_kind(kind.model_class).name == "causal_lm":
+        return attnlab.load(key, device="cpu")
+    check_weights(key, config, kind)
+    return kind.model_class.from_pretrained(key, config=config).eval()
+
+
+def decode_image(value: Any):
+    """A PIL image from a base64 PNG/JPEG (or a ``data:image/...;base64,`` URL): 400 when it is not one, 413 when
+    its header claims more than ``MAX_IMAGE_PIXELS`` (checked before any pixel is decoded)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not isinstance(value, str) or not value:
+        raise RequestError(400, "image must be a base64 PNG or JPEG (or a data: URL of one)")
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if not header.endswith(";base64"):
+            raise RequestError(400, "an image data: URL must be base64 (data:image/png;base64,...)")
+    try:
+        data = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(400, "the image is not valid base64") from exc
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+    except Image.DecompressionBombError as exc:  # PIL's own limit, far above ours
+        raise RequestError(413, f"the image is too large; the limit is {MAX_IMAGE_PIXELS:,} pixels") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise RequestError(400, "the image is not a PNG or JPEG (or it is damaged)") from exc
+    if width * height > MAX_IMAGE_PIXELS:
+        raise RequestError(413, f"the image is {width}×{height} pixels; the limit is {MAX_IMAGE_PIXELS:,} pixels")
+    try:
+        image.load()
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RequestError(400, f"the image is damaged ({_one_line(exc)})") from exc
+    return image
 
 
 def _int(body: dict[str, Any], name: str, default: int | None, low: int = -(2**31), high: int = 2**31) -> int | None:
@@ -320,7 +450,8 @@ class VizHandler(BaseHTTPRequestHandler):
         self._json(404, {"error": f"no such page: {path}"})
 
     def do_POST(self) -> None:  # noqa: N802
-        routes = {"/api/analyze": self.server.analyze, "/api/generate": self.server.generate}
+        routes = {"/api/analyze": self.server.analyze, "/api/generate": self.server.generate,
+                  "/api/model": self.server.describe}
         route = routes.get(self.path.split("?", 1)[0])
         try:
             raw = self._body()

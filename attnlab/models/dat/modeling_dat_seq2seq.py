@@ -9,11 +9,17 @@ named as in the causal LM (``layers.i.mixer.qkv``, ``layers.i.mixer.relational.*
 Generation: ``generate()`` runs the encoder once; the cache (``make_cache``) is an ``EncoderDecoderCache`` of a
 ``DATCache`` (self-attention and relational heads, as in the LM) and a cache of each layer's memory keys and
 values, computed at the first step.
+
+Analysis (``attnlab.analysis.analyze_seq2seq``, ``attnlab viz``): ``analysis_probes`` and ``analysis_stacks`` give
+per encoder layer its attention maps, relations and symbols over the source, per decoder layer the same over the
+target prefix (causal) and its cross-attention maps (target × source).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,10 +31,11 @@ from ...layers.context import MixerContext
 from ...layers.dual_attention import DATCache, build_symbol_retriever
 from ...layers.masks import padding_mask
 from ...layers.sinusoidal import SinusoidalPositions
+from ..analysis_data import attention_entry
 from ..hf_compat import SEQ2SEQ_CACHE_FIELD, GeneratesWithOwnCache, one_cache
 from ..skeleton import _key_padding_mask, _position_ids, causal_lm_loss
 from .configuration_dat_seq2seq import DATSeq2SeqConfig
-from .stacks import DATPreTrainedModel, DualAttentionStack, StackOutput
+from .stacks import DATPreTrainedModel, DualAttentionStack, StackOutput, kept_positions
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -151,6 +158,7 @@ class DATForSeq2SeqLM(GeneratesWithOwnCache, DATPreTrainedModel, GenerationMixin
     config_class = DATSeq2SeqConfig
     main_input_name = "input_ids"
     _tied_weights_keys = {"lm_head.weight": "decoder.embed_tokens.weight"}
+    analysis_kind = "seq2seq"  # what attnlab.analysis and attnlab viz give it: a source and a target prefix
 
     def __init__(self, config: DATSeq2SeqConfig):
         super().__init__(config)
@@ -182,6 +190,29 @@ class DATForSeq2SeqLM(GeneratesWithOwnCache, DATPreTrainedModel, GenerationMixin
     def make_cache(self) -> EncoderDecoderCache:
         """The decoder's generation cache: its self-attention and relational heads, and the memory keys/values."""
         return EncoderDecoderCache(DATCache(), DynamicCache())
+
+    def analysis_probes(self, records: dict[str, Any]) -> list[tuple[nn.Module, Callable]]:
+        """Forward hooks recording the relations and symbols of both stacks' relational layers (``records``)."""
+        return self.encoder.analysis_probes("encoder", records) + self.decoder.analysis_probes("decoder", records)
+
+    def analysis_stacks(
+        self, output: Seq2SeqLMOutput, records: dict[str, Any], source_tokens: list[str], target_tokens: list[str],
+        source_keep: torch.Tensor | None = None,
+    ) -> dict[str, list[dict[str, Any]]]:
+        """``encoder_layers`` and ``decoder_layers`` of one forward with ``output_attentions`` (its first sequence):
+        per layer ``attention``/``relations``/``symbols`` as in the causal LM, and per decoder layer
+        ``cross_attention`` (cross heads, target, source). ``source_keep`` selects the real source tokens (the
+        padding is dropped from every map: padded keys get no weight, padded queries are nobody's)."""
+        encoder = self.encoder.analysis_layers("encoder", output.encoder_attentions, records, source_tokens,
+                                               source_keep, "Encoder self-attention")
+        decoder = self.decoder.analysis_layers("decoder", output.decoder_attentions, records, target_tokens,
+                                               None, "Decoder self-attention (causal)")
+        for layer, weights in zip(decoder, output.cross_attentions or ()):
+            if weights is not None:
+                w = kept_positions(weights[0], source_keep, (-1,))
+                layer["cross_attention"] = attention_entry(w, [f"cross {h}" for h in range(w.shape[0])],
+                                                           list(source_tokens), "Cross-attention over the source")
+        return {"encoder_layers": encoder, "decoder_layers": decoder}
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """What HF's ``DataCollatorForSeq2Seq`` calls: the labels shifted right behind the start token."""

@@ -4,9 +4,16 @@ Patches (LayerNorm → Linear → LayerNorm), a learned CLS token in front, lear
 dual-attention blocks, then the CLS token's final state or the mean of every token's (``pooling``) and a linear
 classifier. ``n_heads_ra=0`` is the ViT baseline with the same parameter names. One symbol retriever is shared
 by all layers (``symbol_retriever``); position-relative symbols see offsets of both signs along the raster order.
+
+Analysis (``attnlab.analysis.analyze_image``, ``attnlab viz``): per layer the attention maps, relations and symbols
+over the tokens [CLS; patches] (labelled ``cls``, ``p(row,col)``), and what the pooled query (the CLS token, or the
+mean over all tokens) attends to and relates to, reshaped to the patch grid.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -15,6 +22,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from ...layers.dual_attention import build_symbol_retriever
 from ...layers.patches import PatchEmbedding
+from ..analysis_data import grid_maps, to_json
 from .configuration_dat_vision import DATVisionConfig
 from .stacks import DATPreTrainedModel, DualAttentionStack
 
@@ -52,6 +60,7 @@ class DATForImageClassification(DATPreTrainedModel):
 
     config_class = DATVisionConfig
     main_input_name = "pixel_values"
+    analysis_kind = "image"  # what attnlab.analysis and attnlab viz give it: an image
 
     def __init__(self, config: DATVisionConfig):
         super().__init__(config)
@@ -68,6 +77,52 @@ class DATForImageClassification(DATPreTrainedModel):
         super()._init_weights(module)
         if isinstance(module, VisionEmbeddings):
             init.normal_(module.cls_token, mean=0.0, std=self.config.initializer_range)
+
+    def default_image_processor(self):
+        """The image processor sized for this model, for when none was saved beside it (``attnlab viz``)."""
+        from .image_processing_dat import DATImageProcessor  # PIL only when images are processed
+
+        return DATImageProcessor.for_config(self.config)
+
+    def analysis_tokens(self) -> list[str]:
+        """A label per token: ``cls``, then ``p(row,col)`` per patch in raster order."""
+        rows, columns = self.config.grid
+        return ["cls"] + [f"p({r},{c})" for r in range(rows) for c in range(columns)]
+
+    def analysis_probes(self, records: dict[str, Any]) -> list[tuple[nn.Module, Callable]]:
+        """Forward hooks recording the relations and symbols of the relational layers (``records``)."""
+        return self.encoder.analysis_probes("encoder", records)
+
+    def analysis_layers(
+        self, pixel_values: torch.Tensor, attentions: tuple[torch.Tensor | None, ...] | None, records: dict[str, Any],
+        tokens: list[str],
+    ) -> list[dict[str, Any]]:
+        """Per layer, for the first image: ``attention``, ``relations`` and ``symbols`` over [CLS; patches], and
+        ``patch_attention`` / ``patch_relations``: the pooled query's row over the patches on the patch grid.
+
+        The pooled query is what the classifier reads (``config.pooling``): the CLS token's row, or the mean of
+        every token's row (CLS included, as the pooling). Patch maps leave out the weight on the CLS key, so a
+        map sums to 1 minus that weight."""
+        layers = self.encoder.analysis_layers("encoder", attentions, records, tokens,
+                                              title="Attention over [CLS; patches]")
+        grid, query = self.config.grid, self.config.pooling
+
+        def pooled(maps: torch.Tensor) -> torch.Tensor:  # (..., T, T) → (..., patches)
+            return (maps[..., 0, 1:] if query == "cls" else maps.mean(dim=-2)[..., 1:]).float()
+
+        for index, layer in enumerate(layers):
+            weights = attentions[index] if attentions else None
+            if weights is not None:
+                rows = pooled(weights[0])
+                layer["patch_attention"] = {
+                    "query": query, "grid": list(grid), "head_labels": layer["attention"]["head_labels"],
+                    "maps": to_json(grid_maps(rows, grid)), "mean": to_json(grid_maps(rows.mean(0), grid)),
+                }
+            relations = records.get(f"encoder.{index}", {}).get("relations")
+            if relations is not None:
+                layer["patch_relations"] = {"query": query, "grid": list(grid), "labels": layer["relations"]["labels"],
+                                            "maps": to_json(grid_maps(pooled(relations), grid))}
+        return layers
 
     def forward(
         self,

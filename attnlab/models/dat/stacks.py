@@ -2,12 +2,15 @@
 
 A ``DualAttentionStack`` is n layers of dual attention and the final norm: an encoder (non-causal, padding
 masked) or, given cross-attention heads, a decoder (causal dual attention, cross-attention over the encoder's
-output). The sequence-to-sequence and vision models put their embeddings in front and their heads behind.
+output). The sequence-to-sequence and vision models put their embeddings in front and their heads behind. A stack
+also says what ``attnlab.analysis`` shows of its layers (``analysis_probes``, ``analysis_layers``): the same
+attention, relation and symbol entries as the causal LM's.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -19,6 +22,8 @@ from ...layers.dual_attention import DualAttention, init_dual_attention_weights
 from ...layers.masks import attention_bias_mask, padding_mask
 from ...layers.norms import build_norm
 from ...layers.rotary import RotaryEmbedding
+from ...layers.symbols import RelativeSymbols, SymbolicAttention
+from ..analysis_data import attention_entry, relations_entry, to_json
 from ..skeleton import AttnLabPreTrainedModel
 from .blocks import DecoderBlock, EncoderBlock
 
@@ -113,6 +118,92 @@ class DualAttentionStack(nn.Module):
             tuple(attentions) if asked else None,
             tuple(cross_attentions) if asked and self.causal else None,
         )
+
+    # What ``attnlab.analysis`` (and ``attnlab viz``) shows of a stack: one entry per layer, as in the causal LM.
+    def analysis_probes(self, name: str, records: dict[str, Any]) -> list[tuple[nn.Module, Callable]]:
+        """Forward hooks that record, for each layer with relational heads, the relations r(x_i, x_j) computed from
+        the relational heads' own input and the symbols its tokens retrieved, in ``records[f"{name}.{layer}"]``
+        (tensors of the batch's first sequence, padding included: ``analysis_layers`` drops it)."""
+        pairs: list[tuple[nn.Module, Callable]] = []
+        for index, layer in enumerate(self.layers):
+            mixer = layer.mixer
+            if not isinstance(mixer, DualAttention) or not mixer.n_ra:
+                continue
+            slot = records.setdefault(f"{name}.{index}", {})
+
+            def on_mixer(module, args, kwargs, output, slot=slot):
+                x, ctx = args[0], args[1] if len(args) > 1 else kwargs["ctx"]
+                slot["symbols"] = _retrieved_symbols(module._symbol_retriever[0], x[:1], ctx)
+
+            def on_relational(module, args, kwargs, output, slot=slot):
+                slot["relations"] = module.relations(args[0][:1])[0]  # (n_relations, seq, seq)
+
+            pairs += [(mixer, on_mixer), (mixer.relational, on_relational)]
+        return pairs
+
+    def analysis_layers(
+        self, name: str, attentions: tuple[torch.Tensor | None, ...] | None, records: dict[str, Any],
+        labels: list[str], keep: torch.Tensor | None = None, title: str = "Softmax attention",
+    ) -> list[dict[str, Any]]:
+        """Per layer: ``attention`` (its self-attention heads, then its relational heads' α), ``relations`` (a
+        causal stack's future pairs null) and ``symbols``, over the positions ``keep`` selects (the batch's first
+        sequence without its padding; all by default), one label per kept position."""
+        layers = []
+        for index, layer in enumerate(self.layers):
+            entry: dict[str, Any] = {"layer": index}
+            weights = attentions[index] if attentions else None
+            if weights is not None:
+                w = kept_positions(weights[0], keep, (-2, -1))
+                entry["attention"] = attention_entry(w, head_labels(layer.mixer), list(labels), title)
+            slot = records.get(f"{name}.{index}", {})
+            if "relations" in slot:
+                r = kept_positions(slot["relations"], keep, (-2, -1))
+                if self.causal:
+                    future = torch.ones(r.shape[-2:], dtype=torch.bool, device=r.device).triu(1)
+                    r = r.masked_fill(future, float("nan"))
+                relational = layer.mixer.relational
+                entry["relations"] = relations_entry(r, activation=relational.activation,
+                                                     symmetric=relational.symmetric)
+            if "symbols" in slot:
+                entry["symbols"] = _symbols_entry(slot["symbols"], keep)
+            layers.append(entry)
+        return layers
+
+
+def head_labels(mixer: nn.Module) -> list[str]:
+    """``SA h`` for a dual-attention layer's self-attention heads, then ``RA h`` for its relational heads: the
+    order of the weights it returns."""
+    return [f"SA {h}" for h in range(mixer.n_sa)] + [f"RA {h}" for h in range(mixer.n_ra)]
+
+
+def kept_positions(t: torch.Tensor, keep: torch.Tensor | None, dims: tuple[int, ...]) -> torch.Tensor:
+    """``t`` with only the kept positions along ``dims``."""
+    if keep is None:
+        return t
+    for dim in dims:
+        t = t.index_select(dim, keep.nonzero().flatten().to(t.device))
+    return t
+
+
+def _retrieved_symbols(retriever: nn.Module, x: torch.Tensor, ctx: MixerContext) -> dict[str, Any]:
+    """What each token of one sequence retrieves: weights over the symbol library, its position, or a note that
+    symbols are relative (then every pair has its own)."""
+    if isinstance(retriever, SymbolicAttention):
+        return {"kind": "symbolic_attention", "weights": retriever.retrieval_weights(x)}  # (heads, seq, n_symbols)
+    if isinstance(retriever, RelativeSymbols):
+        return {"kind": "position_relative", "max_rel_pos": retriever.max_rel_pos, "bidirectional": not ctx.causal}
+    return {"kind": "positional", "positions": ctx.position_ids[0]}
+
+
+def _symbols_entry(symbols: dict[str, Any], keep: torch.Tensor | None) -> dict[str, Any]:
+    """A ``_retrieved_symbols`` record as JSON-ready data (the shape the causal LM's analysis gives)."""
+    if symbols["kind"] == "symbolic_attention":
+        w = kept_positions(symbols["weights"], keep, (-2,))
+        return {"kind": "symbolic_attention", "weights": to_json(w), "assigned": w.argmax(-1).tolist(),
+                "head_labels": [f"symbol head {h}" for h in range(w.shape[0])]}
+    if symbols["kind"] == "positional":
+        return {"kind": "positional", "assigned": [kept_positions(symbols["positions"], keep, (0,)).tolist()]}
+    return dict(symbols)
 
 
 class DATPreTrainedModel(AttnLabPreTrainedModel):
