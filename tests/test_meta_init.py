@@ -82,3 +82,87 @@ def test_a_model_moved_to_meta_is_initialised_again():
     model = materialize(attnlab.create_model("gpt", "debug").to("meta"))
     assert_same_initialisation(eager, model)
     assert model.lm_head.weight is model.model.embed_tokens.weight
+
+
+# ------------------------------------------------------------------------------- sharded (FSDP) materialisation
+@pytest.fixture(scope="module")
+def one_process_group():
+    """A process group of this one process, as `attnlab train --parallel fsdp` makes without torchrun."""
+    import torch.distributed as dist
+
+    from attnlab.training.distributed import init_distributed, shutdown
+
+    info = init_distributed(single_process_group=True)
+    assert dist.is_initialized() and dist.get_world_size() == 1
+    yield
+    shutdown(info)
+
+
+def sharded_on_meta(family: str, preset: str, **kwargs) -> torch.nn.Module:
+    from attnlab.training.fsdp import shard
+
+    model = build_on_meta(family, preset, **kwargs)
+    return shard(model, torch.device("cpu"))
+
+
+def gathered(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    from attnlab.training.fsdp import full_state_dict
+
+    return full_state_dict(model)
+
+
+@pytest.mark.parametrize("family", attnlab.list_models())
+def test_sharded_shards_are_initialised_like_an_eager_build(family, one_process_group):
+    from attnlab.models.meta_init import assemble_model, materialize_sharded
+
+    torch.manual_seed(0)
+    eager = attnlab.create_model(family, "debug", **options(family))
+    model = materialize_sharded(sharded_on_meta(family, "debug", **options(family)), "cpu", seed=3)
+    assert model.lm_head.weight is model.model.embed_tokens.weight  # still tied, sharded
+    weights = gathered(model)
+    plain = assemble_model(type(eager), eager.config, weights)
+    assert_same_initialisation(eager, plain)
+    assert plain.lm_head.weight is plain.model.embed_tokens.weight
+    for name, buffer in eager.named_buffers():  # computed, not saved: RoPE's inv_freq
+        assert torch.equal(dict(model.named_buffers())[name], buffer), name
+        assert torch.equal(dict(plain.named_buffers())[name], buffer), name
+    ids = torch.randint(0, plain.config.vocab_size, (2, 8))
+    torch.testing.assert_close(model.eval()(input_ids=ids, use_cache=False).logits,  # eval: LEAP's dropout
+                               plain.eval()(input_ids=ids, use_cache=False).logits)
+    # deterministic: the seed and the module names decide, not the order or the number of processes
+    again = gathered(materialize_sharded(sharded_on_meta(family, "debug", **options(family)), "cpu", seed=3))
+    assert all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_a_module_that_init_weights_leaves_unset_is_named(one_process_group):
+    from attnlab.models.meta_init import materialize_sharded
+
+    model = sharded_on_meta("gpt", "debug")
+    model.model.layers[0].mixer.register_parameter("extra", torch.nn.Parameter(torch.empty(4, device="meta")))
+    with pytest.raises(RuntimeError, match=r"model.layers.0.mixer.extra is not initialised by GPTForCausalLM"):
+        materialize_sharded(model, "cpu", seed=0)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads the resident size from /proc")
+def test_a_13b_preset_is_sharded_on_meta_and_materialised_a_block_at_a_time(one_process_group):
+    """lsw:xxl (52 GB in fp32) built on meta and sharded per block: no memory. Materialising one block (what a
+    process allocates for its shard of it, here a process holding all of it) costs that block, not the model."""
+    from attnlab.models.meta_init import materialize_sharded
+
+    before = resident_bytes()
+    model = sharded_on_meta("lsw", "xxl", dtype=torch.bfloat16)
+    sharded = resident_bytes() - before
+    total = sum(p.numel() for p in model.parameters())
+    assert total > 12.9e9
+    assert sharded < 1 * GiB, f"sharding on meta grew the resident size by {sharded / GiB:.2f} GiB"
+    block = model.model.layers[0]
+    block_bytes = sum(p.numel() * p.element_size() for p in block.parameters())
+    materialize_sharded(model, "cpu", seed=0, modules=[block])
+    grown = resident_bytes() - before
+    assert not any(p.is_meta for p in block.parameters())
+    assert all(p.is_meta for p in model.model.layers[1].parameters())
+    # the block's bf16 storage, plus at most one of its modules drawn whole; 52 GB for the model
+    assert grown < block_bytes + 2 * GiB, f"{grown / GiB:.2f} GiB for a block of {block_bytes / GiB:.2f} GiB"
+    assert grown < total * 4 / 40
+    std = block.mixer.qkv.weight.full_tensor().float().std().item()
+    assert std == pytest.approx(model.config.initializer_range, rel=0.01)

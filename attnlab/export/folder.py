@@ -50,6 +50,24 @@ def check_source(run: Path) -> None:
                           f"{', '.join(sorted(attnlab_model_types()))})")
 
 
+def sharded_checkpoint(run: Path) -> Path | None:
+    """The newest checkpoint of an FSDP run directory, checked against its manifest; None for other folders.
+
+    An FSDP run writes its HF model at the root only when it stops, and never before its checkpoint of that
+    step, so the newest checkpoint holds the newest model even when the run was killed."""
+    from ..loading import checkpoint_dirs
+    from ..training.checkpoint import is_sharded, verify_checkpoint
+
+    newest = next(iter(checkpoint_dirs(run)), None)
+    if newest is None or not is_sharded(newest):
+        return None
+    problem = verify_checkpoint(newest)
+    if problem:
+        raise ExportError(f"{newest} is damaged ({problem}): resume the run (it falls back to the newest intact "
+                          "checkpoint) and export after it stops")
+    return newest
+
+
 def check_target(out: Path, run: Path) -> None:
     """OUT must be new, or an empty folder, and not the source itself."""
     if out.resolve() == run.resolve():
@@ -130,11 +148,14 @@ def export_run(run: str | Path, out: str | Path, *, repo_id: str | None = None) 
     ``attnlab.export.push_folder``).
     """
     from .. import load
+    from ..training.checkpoint import load_sharded_model
 
     run, out = Path(run), Path(out)
-    check_source(run)
+    sharded = sharded_checkpoint(run)
+    if sharded is None:
+        check_source(run)
     check_target(out, run)
-    model = load(run)
+    model = load(run) if sharded is None else load_sharded_model(sharded)
     tokenizer = load_tokenizer(run)
     fill_special_ids(model, tokenizer)
     staging = _staging(out)

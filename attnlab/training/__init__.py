@@ -1,4 +1,4 @@
-"""The attnlab trainer: AdamW + warmup/cosine, accumulation, bf16 autocast, DDP, exact resume."""
+"""The attnlab trainer: AdamW + warmup/cosine, accumulation, bf16 autocast, DDP or FSDP, exact resume."""
 
 from .config import TrainConfig, read_config_file
 from .trainer import Trainer, TrainResult, train

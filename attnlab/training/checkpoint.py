@@ -14,6 +14,9 @@ each. Layout under ``<run>/checkpoints/``::
     step-000300/manifest.json       size and sha256 of every file above, hashed while it was written
     latest.json                     {"step": 300, "path": "step-000300"}, replaced atomically last
 
+An FSDP run's checkpoints hold the model and optimizer sharded instead (``save_sharded_checkpoint``: a DCP
+directory ``dcp/`` and one ``PART.rankR.pt`` per process), with the same manifest, staging and fallback.
+
 A checkpoint directory is complete (staged, then renamed) before ``latest.json`` points at it, so a kill at any
 moment leaves the previous checkpoint usable; a write that fails (a full disk) removes what it staged and leaves
 the previous checkpoint and ``latest.json`` untouched. A resume verifies the newest checkpoint against its
@@ -23,10 +26,14 @@ deleting it). Checkpoints written before manifests existed are verified by readi
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import io
 import json
 import os
+import pickle
 import shutil
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -356,3 +363,232 @@ def export_model(run_dir: Path, model, tokenizer) -> None:
         with atomic_path(run_dir / item.name) as tmp:
             shutil.copyfile(item, tmp)
     shutil.rmtree(staging, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------------ sharded (FSDP)
+# A checkpoint of an FSDP run holds the model and optimizer as a torch.distributed.checkpoint (DCP) directory,
+# each process writing its own shards, so nothing is ever gathered on one process; what each process keeps for
+# itself (its RNG, its segment streams' memories) is one file per process:
+#
+#     step-000300/dcp/.metadata, dcp/__0_0.distcp, ...   the part "training": model and optimizer, sharded
+#     step-000300/rng.rank0.pt, rng.rank1.pt, ...         each process's generators
+#     step-000300/memories.rank0.pt, ...                  each process's Transformer-XL memories, when any
+#     step-000300/state.json, config.json, manifest.json  as above; state.json also has the "layout" written
+#
+# The layout (processes, rows per process, accumulation steps) is what a resume on another number of processes
+# needs to hand every process the right rows of the segment-stream memories.
+SHARDED = "dcp"
+_METADATA_MODULES = {"torch.distributed.checkpoint.metadata"}
+_METADATA_GLOBALS = {
+    ("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
+    ("torch.serialization", "_get_layout"), ("collections", "OrderedDict"),
+    ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"), ("pathlib", "PurePosixPath"), ("pathlib", "PureWindowsPath"),
+}
+
+
+def is_sharded(path: Path) -> bool:
+    """Whether a checkpoint directory was written by an FSDP run."""
+    return (Path(path) / SHARDED).is_dir()
+
+
+def rank_file(part: str, rank: int) -> str:
+    return f"{part}.rank{rank}.pt"
+
+
+class ShardedTraining:
+    """An FSDP run's model and optimizer as one DCP ``Stateful``: their sharded state dicts (DTensors, keyed by
+    parameter names, which ``get_state_dict`` gives the optimizer too), saved shard by shard and resharded on
+    load to whatever number of processes loads them."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer):
+        self.model, self.optimizer = model, optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(self.model, self.optimizer)
+        return {"model": model_state, "optimizer": optimizer_state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optimizer"])
+
+
+def save_sharded_checkpoint(run_dir: Path, training: ShardedTraining, rank_parts: dict[str, Any],
+                            state: dict[str, Any], config, info) -> Path:
+    """Every process writes its shards and its own parts into one staging directory; the main process adds the
+    state, config and a manifest of every file (each process hashes its share of the shard files), publishes
+    it and points ``latest.json`` at it. Collective: every process calls it. A failure on any process
+    removes what was staged and raises the same ``WriteError`` everywhere; the previous checkpoint stands."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from .distributed import agree, barrier
+
+    root = Path(run_dir) / "checkpoints"
+    name = f"step-{state['step']:07d}"
+    final, staging = root / name, root / f".{name}.partial"
+
+    def everyone(step: Callable[[], Any]) -> list[Any]:
+        """Run ``step`` here; every process's result, or the first failure raised as a WriteError."""
+        try:
+            outcome = (None, step())
+        except (OSError, CheckpointException) as exc:  # CheckpointException is a BaseException
+            outcome = (exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc), None)
+        outcomes = agree(info, outcome)
+        failures = [why for why, _ in outcomes if why is not None]
+        if failures:
+            if info.is_main:
+                shutil.rmtree(staging, ignore_errors=True)
+                if _pointer_target(root) != final:
+                    shutil.rmtree(final, ignore_errors=True)
+            raise WriteError(_write_failure(root, name, OSError(failures[0])))
+        return [result for _, result in outcomes]
+
+    def stage_directory() -> None:
+        if info.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+
+    def own_files() -> dict[str, Any]:
+        files = {rank_file(part, info.rank): _write_file(staging / rank_file(part, info.rank),
+                                                          _torch_writer(stateful.state_dict()))
+                 for part, stateful in rank_parts.items()}
+        shards = sorted(p.relative_to(staging).as_posix() for p in (staging / SHARDED).rglob("*") if p.is_file())
+        for relative in shards[info.rank::info.world_size]:
+            file = staging / relative
+            files[relative] = {"size": file.stat().st_size, "sha256": _sha256(file)}
+        return files
+
+    everyone(stage_directory)
+    everyone(lambda: dcp.save({"training": training}, checkpoint_id=staging / SHARDED))
+    files = {name: entry for share in everyone(own_files) for name, entry in share.items()}
+
+    def publish() -> None:
+        if info.is_main:
+            files["state.json"] = _write_file(staging / "state.json", _bytes_writer(_json_bytes(state)))
+            if config is not None:
+                files["config.json"] = _write_file(staging / "config.json",
+                                                   _bytes_writer(config.to_json_string().encode()))
+            manifest = {"format": 1, "step": state["step"], "files": dict(sorted(files.items()))}
+            _write_file(staging / MANIFEST, _bytes_writer(_json_bytes(manifest)))
+            _publish(root, staging, final, state["step"])
+
+    everyone(publish)
+    if info.is_main:
+        for old in checkpoint_dirs(run_dir)[KEEP_LAST:]:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier(info)
+    return final
+
+
+def load_sharded_checkpoint(path: Path, training: ShardedTraining) -> dict[str, Any]:
+    """Load the model and optimizer shards this process needs, whatever the number of processes that wrote
+    them (DCP reshards); return the trainer state (with the ``layout`` it was written with). Collective.
+
+    DCP keeps its index (``.metadata``) and the optimizer's numbers as pickles; both are read allowing only
+    the types a checkpoint holds, like ``torch.load(weights_only=True)``, never arbitrary objects."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    directory = Path(path) / SHARDED
+    try:
+        dcp.load({"training": training}, **_safe_reading(directory))
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001 - any failure: not this run's shards
+        raise CorruptFileError(directory, f"does not load into this run ({_checkpoint_problem(exc)})",
+                               "resume from another checkpoint, or check that --out-dir names this run") from None
+    return _read_state(path)
+
+
+def read_rank_part(path: Path, part: str, rank: int) -> Any:
+    """What process ``rank`` saved of ``part`` (weights_only)."""
+    return _read_torch(Path(path) / rank_file(part, rank))
+
+
+def load_sharded_model(path: Path) -> nn.Module:
+    """The plain model of a sharded checkpoint, read on one process without a process group: its config
+    builds the model on the meta device, then the model's tensors (not the optimizer's) are read into it."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    from ..loading import load_config
+    from ..models.meta_init import assemble_model
+    from ..models.registry import family_of_config
+
+    config = load_config(path)
+    model_class = family_of_config(config).model_class
+    with torch.device("meta"):
+        shapes = model_class(config).state_dict()
+    weights = {key: torch.empty_like(t, device="cpu") for key, t in shapes.items()}
+    directory = Path(path) / SHARDED
+    try:
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore", UserWarning)
+            dcp.load({"training": {"model": weights}}, **_safe_reading(directory), no_dist=True)
+    except (Exception, CheckpointException) as exc:  # noqa: BLE001
+        raise CorruptFileError(directory, f"cannot be read ({_checkpoint_problem(exc)})",
+                               "export from another checkpoint") from None
+    return assemble_model(model_class, config, weights)
+
+
+def _checkpoint_problem(exc: BaseException) -> str:
+    """One line for a DCP failure (a CheckpointException lists every process's exception)."""
+    failures = getattr(exc, "failures", None)
+    if failures:
+        inner = next(iter(failures.values()))
+        inner = inner[0] if isinstance(inner, tuple) else inner
+        return first_line(inner)
+    return first_line(exc)
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    """DCP's ``.metadata`` is a pickle of its own dataclasses; anything else in it is refused."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = (module in _METADATA_MODULES or (module, name) in _METADATA_GLOBALS
+                   or (module == "torch" and isinstance(getattr(torch, name, None), (torch.dtype, torch.layout,
+                                                                                     torch.memory_format))))
+        if not allowed:
+            raise pickle.UnpicklingError(f"{module}.{name} is not a type a checkpoint index holds")
+        return super().find_class(module, name)
+
+
+@functools.cache
+def _safe_reader_class() -> type:
+    """DCP's file reader with its index read by ``_MetadataUnpickler`` (built on first use: DCP takes a second to
+    import, and only FSDP runs need it)."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.metadata import StorageMeta
+
+    class SafeReader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any):
+            with open(Path(self.path) / ".metadata", "rb") as f:
+                metadata = _MetadataUnpickler(f).load()
+            if getattr(metadata, "storage_meta", None) is None:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            return metadata
+
+    return SafeReader
+
+
+@functools.cache
+def _safe_planner_class() -> type:
+    """DCP's load planner, with the values that are not tensors (the optimizer's hyperparameters) checked by a
+    ``weights_only`` load before DCP's own load takes them."""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+
+    class SafeLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            torch.load(value, weights_only=True)  # refuses anything but tensors and plain values
+            value.seek(0)
+            super().load_bytes(read_item, value)
+
+    return SafeLoadPlanner
+
+
+def _safe_reading(directory: Path) -> dict[str, Any]:
+    """The storage reader and planner ``dcp.load`` reads a checkpoint with."""
+    return {"storage_reader": _safe_reader_class()(directory), "planner": _safe_planner_class()()}

@@ -9,10 +9,12 @@ from typing import Any
 
 from ..errors import ConfigError
 from ..options import Options, option
+from .fsdp import FSDP_INIT, MIXED_PRECISION
 
 DTYPES = ("float32", "bfloat16")
 OPTIMIZERS = ("adamw", "sophia")
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")  # attnlab.models.checkpointing.MODES
+PARALLEL = ("ddp", "fsdp")
 # option groups, in the order `attnlab train --help` and docs/cli.md show them
 MODEL, DATA, BATCHING, OPTIMISATION = "model", "data", "batching", "optimisation"
 RUNTIME, EVALUATION, RUN = "runtime", "evaluation and logging", "run directory and checkpoints"
@@ -126,6 +128,27 @@ class TrainConfig(Options):
         "block: least memory, about one more forward per step) or `selective` (every other block: about half "
         "the saving for half the extra compute)", group=RUNTIME, metavar="MODE",
     )
+    parallel: str = option(
+        "ddp", "how the processes of a torchrun launch share the work: `ddp` (each holds the whole model; on one "
+        "process a plain model) or `fsdp` (FSDP2: parameters, gradients and optimizer state sharded per block, "
+        "sharded checkpoints; also runs on one process)", group=RUNTIME, metavar="MODE",
+    )
+    fsdp_mixed_precision: str = option(
+        "none", "with `--parallel fsdp`: `bf16` gathers the parameters and computes in bfloat16 and reduces the "
+        "gradients in float32 (the sharded float32 weights stay the master copy); `none`: float32 throughout",
+        group=RUNTIME, metavar="MODE",
+    )
+    fsdp_cpu_offload: bool = option(
+        False, "with `--parallel fsdp`: keep the sharded parameters, gradients and optimizer state in CPU memory, "
+        "copied to the GPU one block at a time (slower; for models whose shards do not fit)", group=RUNTIME,
+    )
+    fsdp_init: str = option(
+        "auto", "with `--parallel fsdp`, how a new run's weights come to be sharded: `seeded` builds the model as "
+        "one process does, then shards it (the same weights as DDP or one process); `meta` builds it on the meta "
+        "device and initialises only each process's shards (no process ever holds the whole model; values from "
+        "the same distributions, not the same values); `auto`: seeded up to 10^9 parameters, meta above",
+        group=RUNTIME, metavar="MODE",
+    )
     seed: int = option(1337, "seed for weights, batches and dropout", group=RUNTIME, metavar="N")
     eval_interval: int = option(200, "validate (and sample) every N steps", group=EVALUATION, metavar="N")
     eval_tokens: int | None = option(65536, "validation tokens per evaluation; null in a config file: the whole "
@@ -202,6 +225,29 @@ class TrainConfig(Options):
         if self.grad_clip < 0 or self.weight_decay < 0:
             raise ConfigError("grad_clip and weight_decay must be >= 0")
         self.check_finetuning()
+        self.check_parallel()
+
+    def check_parallel(self) -> None:
+        """The FSDP options need ``parallel: fsdp``; what FSDP cannot shard is refused, naming it."""
+        for name, allowed in (("parallel", PARALLEL), ("fsdp_mixed_precision", MIXED_PRECISION),
+                              ("fsdp_init", FSDP_INIT)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        if self.parallel != "fsdp":
+            given = [name for name, default in (("fsdp_mixed_precision", "none"), ("fsdp_cpu_offload", False),
+                                                ("fsdp_init", "auto")) if getattr(self, name) != default]
+            if given:
+                raise ConfigError(f"{', '.join(given)} need{'s' if len(given) == 1 else ''} parallel fsdp")
+            return
+        if self.lora_r is not None:
+            raise ConfigError("parallel fsdp does not shard LoRA runs (PEFT adapters on a frozen base): train "
+                              "LoRA adapters with parallel ddp")
+        if self.compile:
+            raise ConfigError("compile with parallel fsdp is not supported: FSDP2 needs each block compiled before "
+                              "it is sharded; drop --compile or use parallel ddp")
+        if self.fsdp_init == "meta" and (self.init_from or self.warm_start):
+            raise ConfigError("fsdp_init meta draws fresh weights, but init_from and warm_start bring their own: "
+                              "use fsdp_init seeded (or auto)")
 
     def check_finetuning(self) -> None:
         """LoRA and merging only mean something on a source model; warm start is another start, not both."""

@@ -1,9 +1,15 @@
-"""The torchrun environment: rank, world size, process group, device."""
+"""The torchrun environment: rank, world size, process group, device.
+
+FSDP needs a process group even on one process (its parameters are DTensors over a device mesh), so
+``init_distributed(single_process_group=True)`` makes one of size 1 when torchrun did not start the process:
+an in-memory store, nothing listens on a port.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -14,6 +20,7 @@ class DistInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
+    owns_group: bool = False  # the process group was made here (not the caller's): shutdown destroys it
 
     @property
     def is_main(self) -> bool:
@@ -34,18 +41,24 @@ def pick_device(requested: str, info: DistInfo) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed() -> DistInfo:
-    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); no-op otherwise."""
+def init_distributed(single_process_group: bool = False) -> DistInfo:
+    """Join the process group when launched by torchrun (NCCL on GPU, gloo on CPU); otherwise nothing, or with
+    ``single_process_group`` a group of this one process (gloo for CPU tensors, NCCL for CUDA ones)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0)), world)
-    if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend=backend)
-    return info
+        if not single_process_group or dist.is_initialized():
+            return DistInfo()
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend, store=dist.HashStore(), rank=0, world_size=1)
+        return DistInfo(owns_group=True)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", 0))
+    if dist.is_initialized():  # the caller's own group: used, and left to the caller
+        return DistInfo(rank, local_rank, world)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend=backend)
+    return DistInfo(rank, local_rank, world, owns_group=True)
 
 
 def barrier(info: DistInfo) -> None:
@@ -54,5 +67,24 @@ def barrier(info: DistInfo) -> None:
 
 
 def shutdown(info: DistInfo) -> None:
-    if info.enabled and dist.is_initialized():
+    """Destroy the process group if ``init_distributed`` made it."""
+    if info.owns_group and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def agree(info: DistInfo, value: Any) -> list[Any]:
+    """Every process's ``value`` (picklable), on every process: how they learn of a failure on one of them."""
+    if not info.enabled:
+        return [value]
+    values: list[Any] = [None] * info.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
+def from_main(info: DistInfo, value: Any) -> Any:
+    """The main process's ``value`` (picklable), on every process."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

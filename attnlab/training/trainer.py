@@ -1,4 +1,4 @@
-"""``attnlab train``: one loop for every family, on one CPU or many GPUs (torchrun + DDP).
+"""``attnlab train``: one loop for every family, on one CPU or many GPUs (torchrun + DDP or FSDP).
 
 Determinism is by construction: the batch of (step, micro-step) is a pure function of the seed, the learning
 rate is a pure function of the step, and a checkpoint holds the named stateful parts of the run (model,
@@ -7,6 +7,11 @@ run killed at step k and resumed with ``resume=True`` computes exactly what the 
 
 The loop reads: batch → forward/backward → optimizer (and what it needs between steps, such as SophiaG's
 Hessian refresh) → log / validate / checkpoint.
+
+With ``parallel="fsdp"`` (``fsdp.py``) the model's parameters, gradients and optimizer state are sharded over
+the processes; its forward is then collective, so every process validates and samples (the same text), its
+checkpoints are sharded (each process writes its part, DCP reshards on resume) and the run's HF model is
+gathered once, when the run stops.
 """
 
 from __future__ import annotations
@@ -27,21 +32,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.nn.parallel import DistributedDataParallel
 from transformers.utils import logging as hf_logging
 
-from ..errors import ConfigError, TrainingInterrupted, WriteError
+from ..errors import AttnlabError, ConfigError, CorruptFileError, TrainingInterrupted, WriteError
 from ..evaluation import autocast_context, evaluate
 from ..io import write_json
 from ..loading import load_config, load_tokenizer, read_run_file
 from ..models import build_config, get_family
 from ..models.checkpointing import enable_activation_checkpointing
 from ..models.registry import family_of_config
-from . import distributed
+from . import distributed, fsdp
 from .checkpoint import (
     RNGState,
+    ShardedTraining,
     export_model,
     intact_checkpoint,
+    is_sharded,
     latest_checkpoint,
     load_checkpoint,
+    load_sharded_checkpoint,
+    read_rank_part,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from .config import TrainConfig, schedule_changes
 from .finetune import (
@@ -73,7 +83,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig, console: Console | None = None) -> TrainResult:
     """Run (or resume) a training run described by ``cfg``; returns the final metrics."""
-    info = distributed.init_distributed()
+    info = distributed.init_distributed(single_process_group=cfg.parallel == "fsdp")
     try:
         return Trainer(cfg, info, console).fit()
     finally:
@@ -86,15 +96,20 @@ class Trainer:
         self.cfg, self.info = cfg, info
         self.console = console or Console(stderr=True)
         self.device = distributed.pick_device(cfg.device, info)
+        self.fsdp = cfg.parallel == "fsdp"
+        if self.fsdp and self.device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"parallel fsdp runs on CUDA GPUs or the CPU, not {self.device.type}")
         self.run_dir = cfg.run_dir
         self.signals, self.interrupted_by = StopSignals(), None
         self._check_out_dir()
         self.checkpoint = self._find_checkpoint()
+        self._check_checkpoint_kind()
         self._check_schedule()
         self.source = self._source()
         if cfg.lora_r is not None:
             require_peft()
         self.data = self._prepare_data()
+        self.init_route: str | None = None  # FSDP: how the sharded weights were made (fsdp.init_route)
         self.model = self._build_model()
         self.base_fingerprint = BaseFingerprint(self.model, cfg.init_from) if is_peft_model(self.model) else None
         self.block_size = cfg.block_size or self.model.config.block_size
@@ -107,8 +122,9 @@ class Trainer:
         self.accum_steps = self._accumulation_steps()
         self.streams = self._streams()
         self.state: dict[str, Any] = {"step": 0, "tokens_seen": 0, "elapsed_s": 0.0, "best_val_bpb": None}
+        self.exported_step: int | None = None  # FSDP: the step of the HF model last gathered to the run root
         if self.checkpoint is not None:
-            self.state = load_checkpoint(self.checkpoint, self._checkpoint_parts())
+            self.state = self._load_sharded() if self.fsdp else load_checkpoint(self.checkpoint, self._checkpoint_parts())
         else:
             torch.manual_seed(cfg.seed + info.rank)  # dropout streams; weights were seeded identically
         self.step_model = self._wrap_model()
@@ -125,13 +141,38 @@ class Trainer:
                              "--out-dir")
 
     def _find_checkpoint(self) -> Path | None:
-        """A resume's checkpoint: the newest intact one (damaged newer ones are set aside, with a warning)."""
+        """A resume's checkpoint: the newest intact one (damaged newer ones are set aside, with a warning).
+
+        Under torchrun the main process alone verifies (hashing every file once, not once per process) and
+        sets damaged checkpoints aside; the others take its answer, or its error."""
+        found: Path | Exception | None = None
+        if self.info.is_main:
+            try:
+                found = self._find_checkpoint_here()
+            except AttnlabError as exc:
+                found = exc
+        found = distributed.from_main(self.info, found)
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+    def _find_checkpoint_here(self) -> Path | None:
         found = intact_checkpoint(self.run_dir, self._warn) if self.cfg.resume else latest_checkpoint(self.run_dir)
         if self.cfg.resume and found is None:
             raise ConfigError(f"--resume: no checkpoint in {self.run_dir}")
         if not self.cfg.resume and found is not None:
             raise ConfigError(f"{self.run_dir} already holds a run; pass --resume to continue it or pick --out-dir")
         return found
+
+    def _check_checkpoint_kind(self) -> None:
+        """A sharded (FSDP) checkpoint resumes under FSDP only, on any number of processes; a plain one without."""
+        if self.checkpoint is None or is_sharded(self.checkpoint) == self.fsdp:
+            return
+        if self.fsdp:
+            raise ConfigError(f"checkpoint {self.checkpoint.name} was written without FSDP; resume it with "
+                              "--parallel ddp")
+        raise ConfigError(f"checkpoint {self.checkpoint.name} was written by an FSDP run (sharded); resume it with "
+                          "--parallel fsdp (any number of processes, one included)")
 
     def _warn(self, message: str) -> None:
         if self.info.is_main:
@@ -184,8 +225,10 @@ class Trainer:
         return data
 
     def _build_model(self):
-        """The model to train: ``_base_model``, with LoRA adapters when the run trains those."""
+        """The model to train: ``_base_model``, with LoRA adapters when the run trains those; under FSDP sharded."""
         cfg, vocab = self.cfg, len(self.data.tokenizer)
+        if self.fsdp:
+            return self._sharded_model()
         model = self._base_model()
         if model.config.vocab_size < vocab:
             raise ConfigError(f"vocab_size {model.config.vocab_size} is smaller than the tokenizer's {vocab} tokens")
@@ -198,27 +241,57 @@ class Trainer:
     def _base_model(self):
         """The source's weights (fine-tuning; a LoRA resume too, its base is frozen), else the run's or a new
         config's model with fresh weights (a resume then loads its checkpoint into them)."""
-        cfg, tok = self.cfg, self.data.tokenizer
+        cfg = self.cfg
         if self.source is not None:
             return load_source_model(self.source, cfg.model_overrides)
-        if self.checkpoint is not None:
-            config = self._run_config()
-            family = family_of_config(config)
-        else:
-            overrides = dict(cfg.model_overrides)
-            overrides.setdefault("vocab_size", len(tok))
-            if cfg.block_size is not None:
-                overrides.setdefault("block_size", cfg.block_size)
-            overrides.setdefault("eos_token_id", tok.eos_token_id)
-            overrides.setdefault("pad_token_id", tok.pad_token_id)
-            config = build_config(cfg.model, cfg.preset, **overrides)
-            family = get_family(cfg.model)
+        model_class, config = self._model_class_and_config()
         torch.manual_seed(self.cfg.seed)  # identical initial weights on every rank
-        model = family.model_class(config)
+        model = model_class(config)
         if cfg.warm_start and self.checkpoint is None:
             from ..models.warm_start import warm_start_embeddings
 
             warm_start_embeddings(model, cfg.warm_start)
+        return model
+
+    def _model_class_and_config(self):
+        """The class and config of the model trained from scratch or resumed (not a fine-tuning source's)."""
+        cfg, tok = self.cfg, self.data.tokenizer
+        if self.checkpoint is not None:
+            config = self._run_config()
+            return family_of_config(config).model_class, config
+        overrides = dict(cfg.model_overrides)
+        overrides.setdefault("vocab_size", len(tok))
+        if cfg.block_size is not None:
+            overrides.setdefault("block_size", cfg.block_size)
+        overrides.setdefault("eos_token_id", tok.eos_token_id)
+        overrides.setdefault("pad_token_id", tok.pad_token_id)
+        return get_family(cfg.model).model_class, build_config(cfg.model, cfg.preset, **overrides)
+
+    def _sharded_model(self):
+        """The FSDP model: one unit per block, then the root. A new run's weights are seeded as one process's
+        (then sharded) or drawn shard by shard on the meta route (``fsdp.init_route``); a resume builds on the
+        meta device, materialises the shards empty and loads the checkpoint into them."""
+        cfg, vocab = self.cfg, len(self.data.tokenizer)
+        resuming = self.checkpoint is not None
+        meta_model = None
+        if self.source is None:
+            model_class, config = self._model_class_and_config()
+            with torch.device("meta"):
+                meta_model = model_class(config)
+        parameters = sum(p.numel() for p in meta_model.parameters()) if meta_model is not None else 0
+        route = fsdp.init_route(cfg.fsdp_init, parameters, resuming=resuming,
+                                brings_weights=bool(self.source or cfg.warm_start))
+        model = self._base_model() if route == "seeded" else meta_model
+        if model.config.vocab_size < vocab:
+            raise ConfigError(f"vocab_size {model.config.vocab_size} is smaller than the tokenizer's {vocab} tokens")
+        enable_activation_checkpointing(model, cfg.activation_checkpointing)
+        fsdp.shard(model, self.device, mixed_precision=cfg.fsdp_mixed_precision, cpu_offload=cfg.fsdp_cpu_offload)
+        if route == "meta":
+            from ..models.meta_init import materialize_sharded
+
+            where = torch.device("cpu") if cfg.fsdp_cpu_offload else self.device
+            materialize_sharded(model, where, None if resuming else cfg.seed)
+        self.init_route = route
         return model
 
     def _run_config(self):
@@ -244,6 +317,49 @@ class Trainer:
             raise ConfigError("segment_stream needs relative positions (pos='rope'): streams outgrow learned ones")
         return StreamMemories([self.model.make_cache() for _ in range(self.accum_steps)], self.device)
 
+    def _rank_parts(self) -> dict[str, Any]:
+        """What each process of an FSDP run saves for itself beside the shards: its RNG and its streams' memories."""
+        parts: dict[str, Any] = {"rng": RNGState()}
+        if self.streams is not None:
+            parts["memories"] = self.streams
+        return parts
+
+    def _load_sharded(self) -> dict[str, Any]:
+        """Resume an FSDP run: shards through DCP (any number of processes), then each process's own parts. Run
+        on as many processes as wrote the checkpoint, each takes its own RNG and memories back; on another
+        number, the RNG streams restart from (seed, rank, step) and the memories are regrouped by rows."""
+        state = load_sharded_checkpoint(self.checkpoint, ShardedTraining(self.model, self.optimizer))
+        saved = state.pop("layout", None) or {}
+        now = self._layout()
+        if saved.get("world_size") == now["world_size"]:
+            RNGState().load_state_dict(read_rank_part(self.checkpoint, "rng", self.info.rank))
+        else:
+            torch.manual_seed(self.cfg.seed + self.info.rank + 1_000_003 * state["step"])
+            self._warn(f"checkpoint {self.checkpoint.name} was written by {saved.get('world_size', '?')} "
+                       f"process(es), resumed on {now['world_size']}: each process's random stream (dropout) "
+                       "restarts from the seed and step")
+        if self.streams is not None:
+            self._load_memories(saved, now)
+        return state
+
+    def _load_memories(self, saved: dict[str, int], now: dict[str, int]) -> None:
+        """The segment streams' memories of this process: its own file, or regrouped from every process's when
+        the number of processes changed but not the global rows; otherwise they start empty (warned)."""
+        if saved == now:
+            self.streams.load_state_dict(read_rank_part(self.checkpoint, "memories", self.info.rank))
+            return
+        if _global_rows(saved) != _global_rows(now):
+            self._warn(f"checkpoint {self.checkpoint.name} has {_global_rows(saved)} segment streams per step, this "
+                       f"run {_global_rows(now)}: the streams change, so their memories start empty")
+            return
+        per_rank = [read_rank_part(self.checkpoint, "memories", r) for r in range(saved["world_size"])]
+        self.streams.load_state_dict(regroup_memories(per_rank, saved, now, self.info.rank))
+
+    def _layout(self) -> dict[str, int]:
+        """How the global batch's rows are spread: what a resume on another number of processes must know."""
+        return {"world_size": self.info.world_size, "batch_size": self.cfg.batch_size,
+                "accumulation_steps": self.accum_steps}
+
     def _checkpoint_parts(self) -> dict[str, Any]:
         """The named stateful parts a checkpoint saves and a resume restores, in restore order."""
         parts = {**self._weight_parts(), "optimizer": self.optimizer}
@@ -266,7 +382,7 @@ class Trainer:
 
     def _wrap_model(self):
         model = self.model
-        if self.info.enabled:
+        if self.info.enabled and not self.fsdp:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(model, device_ids=device_ids)
         if self.cfg.compile:
@@ -314,6 +430,8 @@ class Trainer:
                     val = self._validate(step, tb, bar)
                 self.state["elapsed_s"] = time.perf_counter() - started
                 self._save()
+            if self.fsdp and self.interrupted_by is None and self.exported_step != step:
+                self._export_gathered()  # the run stops here: its HF model, gathered once
         self.state["elapsed_s"] = time.perf_counter() - started
         if self.interrupted_by is not None:
             resumable = latest_checkpoint(self.run_dir) is not None
@@ -375,7 +493,9 @@ class Trainer:
     def _forward_backward(self, batch: dict[str, torch.Tensor]) -> float:
         total = 0.0
         for micro in range(self.accum_steps):
-            sync = micro == self.accum_steps - 1 or not self.info.enabled
+            # FSDP reduce-scatters every micro-step's gradients into the shards (holding whole ones would
+            # defeat it); DDP all-reduces only on the last
+            sync = micro == self.accum_steps - 1 or not self.info.enabled or self.fsdp
             with contextlib.nullcontext() if sync else self.step_model.no_sync():
                 with autocast_context(self.device, self.cfg.dtype):
                     loss = self.step_model(**self._micro_batch(batch, micro)).loss
@@ -401,7 +521,10 @@ class Trainer:
 
     # ------------------------------------------------------------------------------- eval and output
     def _validate(self, step: int, tb, bar) -> dict[str, float]:
-        if not self.info.is_main:
+        """Validation loss and bits per byte, and a sample, on the main process. An FSDP model's forward gathers
+        weights from every process, so under FSDP every process evaluates the same windows and samples the
+        same text (in step with each other); the main process alone reports them."""
+        if not (self.info.is_main or self.fsdp):
             distributed.barrier(self.info)
             return {}
         cfg = self.cfg
@@ -421,6 +544,9 @@ class Trainer:
         self.state["best_val_bpb"] = val["bpb"] if best is None else min(best, val["bpb"])
         self._log({"step": step, **{f"val_{k}": v for k, v in val.items()}}, tb)
         sample = self.sample() if cfg.sample_tokens else ""
+        if not self.info.is_main:
+            distributed.barrier(self.info)
+            return val
         printer = bar.console if bar else self.console
         printer.print(
             f"[bold]step {step:>6}[/] val loss {val['loss']:.4f}  ppl {val['ppl']:.2f}  "
@@ -449,6 +575,7 @@ class Trainer:
             out = self.model.generate(
                 ids.to(self.device), max_new_tokens=n_new, do_sample=True, top_k=50, temperature=0.8,
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+                synced_gpus=self.fsdp and self.info.enabled,  # FSDP: every process runs each forward step
             )
         self.model.train(was_training)
         return tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
@@ -458,6 +585,12 @@ class Trainer:
             f.write(f"===== step {step} =====\n{text}\n\n")
 
     def _save(self) -> None:
+        if self.fsdp:
+            save_sharded_checkpoint(self.run_dir, ShardedTraining(self.model, self.optimizer), self._rank_parts(),
+                                    {**self.state, "layout": self._layout()}, self.model.config, self.info)
+            if self.state["step"] == self.cfg.max_steps:
+                self._export_gathered()
+            return
         if self.info.is_main:
             config = self.model.config if self.base_fingerprint is None else None
             path = save_checkpoint(self.run_dir, self._checkpoint_parts(), dict(self.state), config)
@@ -466,6 +599,24 @@ class Trainer:
             except OSError as exc:
                 raise WriteError(f"cannot update the model files in {self.run_dir} ({exc.strerror or exc}): checkpoint "
                                  f"{path.name} is complete; free space and continue with --resume") from exc
+        distributed.barrier(self.info)
+
+    def _export_gathered(self) -> None:
+        """An FSDP run's HF model at the run root: the weights gathered once onto the main process's CPU (every
+        process takes part), saved there as a plain model (``model.safetensors``, ``config.json``...)."""
+        from ..models.meta_init import assemble_model
+
+        weights = fsdp.full_state_dict(self.model)
+        if self.info.is_main:
+            plain = assemble_model(family_of_config(self.model.config).model_class, self.model.config, weights)
+            try:
+                export_model(self.run_dir, plain, self.data.tokenizer)
+            except OSError as exc:
+                raise WriteError(f"cannot write the model files in {self.run_dir} ({exc.strerror or exc}): the "
+                                 "sharded checkpoint is complete; free space and continue with --resume, or "
+                                 f"attnlab export {self.run_dir} OUT") from exc
+        del weights
+        self.exported_step = self.state["step"]
         distributed.barrier(self.info)
 
     def _export(self) -> None:
@@ -488,15 +639,24 @@ class Trainer:
                 "tokens_per_step": self.tokens_per_step,
                 "accumulation_steps": self.accum_steps,
                 "world_size": self.info.world_size,
+                "parallel": self._parallel(),
                 "device": str(self.device),
                 "data": self.data.meta,
                 "torch": torch.__version__,
             },
         )
+        if self.fsdp:  # the HF model comes at the end; the tokenizer is there from the start (attnlab export)
+            export_model(self.run_dir, None, self.data.tokenizer)
         metrics = self.run_dir / "metrics.jsonl"
         if metrics.exists():  # drop what a killed run logged after its last checkpoint
             keep = _records_up_to(metrics, self.state["step"], self._warn)
             metrics.write_text("".join(line + "\n" for line in keep))
+
+    def _parallel(self) -> str:
+        """How the processes share the work: none (one process), ddp, or fsdp with its weights' route."""
+        if self.fsdp:
+            return f"fsdp, {self.init_route} init"
+        return "ddp" if self.info.enabled else "none"
 
     def _parameter_counts(self) -> dict[str, int]:
         """The model's size without LoRA adapters (what its model card reports), and what this run trains."""
@@ -520,7 +680,7 @@ class Trainer:
         verb = f"resuming at step {self.state['step']}" if self.checkpoint else "training"
         self.console.print(
             f"[bold]{verb}[/] {self._description()}: {n / 1e6:.2f}M parameters on {self.device} "
-            f"({self.info.world_size} process{'es' if self.info.enabled else ''}), "
+            f"({self.info.world_size} process{'es' if self.info.enabled else ''}{', FSDP' if self.fsdp else ''}), "
             f"{len(self.data.train):,} train / {len(self.data.val):,} val tokens, "
             f"{self.tokens_per_step:,} tokens/step × {cfg.max_steps} steps → {self.run_dir}"
         )
@@ -636,6 +796,49 @@ class StreamMemories:
     def load_state_dict(self, state: list[dict[str, Any]]) -> None:
         for memory, saved in zip(self.memories, state, strict=True):
             memory.load_state_dict(_to_device(saved, self.device))
+
+
+def _global_rows(layout: dict[str, int]) -> int:
+    """Rows of the global batch (segment streams) under a layout: processes × rows each × micro-steps."""
+    return layout.get("world_size", 0) * layout.get("batch_size", 0) * layout.get("accumulation_steps", 0)
+
+
+def regroup_memories(per_rank: list[list[dict[str, Any]]], saved: dict[str, int], now: dict[str, int],
+                     rank: int) -> list[dict[str, Any]]:
+    """Process ``rank``'s memories (one per micro-step) under layout ``now``, from every process's memories
+    under layout ``saved`` (same number of global rows). Row r of the global batch is row r of the streams
+    whichever process holds it: (micro-step m, process p, row i) is global row (m·P + p)·B + i, so the
+    memories are put together in that order and cut again the new way."""
+    ordered = [per_rank[p][m] for m in range(saved["accumulation_steps"]) for p in range(saved["world_size"])]
+    whole = _concat_rows(ordered)
+    rows = now["batch_size"]
+    return [_take_rows(whole, slice((m * now["world_size"] + rank) * rows, (m * now["world_size"] + rank + 1) * rows))
+            for m in range(now["accumulation_steps"])]
+
+
+def _concat_rows(states: list[Any]) -> Any:
+    """Memory states (nested dicts/lists of (rows, ...) tensors and counters) joined along their rows."""
+    first = states[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(states, dim=0)
+    if isinstance(first, dict):
+        return {key: _concat_rows([s[key] for s in states]) for key in first}
+    if isinstance(first, list):
+        return [_concat_rows([s[i] for s in states]) for i in range(len(first))]
+    if any(s != first for s in states):  # counters (tokens seen) are the same in every stream
+        raise CorruptFileError("memories", f"the processes' memories disagree ({states})", "resume on as many "
+                               "processes as wrote the checkpoint")
+    return first
+
+
+def _take_rows(state: Any, rows: slice) -> Any:
+    if isinstance(state, torch.Tensor):
+        return state[rows].clone()
+    if isinstance(state, dict):
+        return {key: _take_rows(value, rows) for key, value in state.items()}
+    if isinstance(state, list):
+        return [_take_rows(value, rows) for value in state]
+    return state
 
 
 def _to_device(value, device: torch.device):
