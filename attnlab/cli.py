@@ -172,10 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench.cli import add_bench_parser
     from .compare.cli import add_compare_parser
+    from .experiments.cli import add_experiment_parser
     from .viz.cli import add_viz_parser
 
     add_bench_parser(sub)
     add_compare_parser(sub)
+    add_experiment_parser(sub)
     add_viz_parser(sub)
     return parser
 
@@ -191,11 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # "Loading weights" bars would interleave with streamed text
     from .bench.cli import cmd_bench
     from .compare.cli import cmd_compare
+    from .experiments.cli import cmd_experiment
     from .viz.cli import cmd_viz
 
     commands = {"train": cmd_train, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info,
                 "convert": cmd_convert, "export": cmd_export, "models": cmd_models, "bench": cmd_bench,
-                "compare": cmd_compare, "viz": cmd_viz}
+                "compare": cmd_compare, "experiment": cmd_experiment, "viz": cmd_viz}
     try:
         return commands[args.command](args)
     except AttnlabError as exc:

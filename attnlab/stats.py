@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 HOLDS, DOES_NOT_HOLD, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
 
@@ -33,6 +34,7 @@ def _t_cdf(x: float, df: float) -> float:
     return 0.5 + s * h / 3
 
 
+@lru_cache(maxsize=4096)  # a report asks for the same few (p, df) hundreds of times; each costs ~0.1 s
 def t_quantile(p: float, df: float) -> float:
     """The p-quantile of Student's t with ``df`` degrees of freedom (df may be fractional, as Welch's is)."""
     if not 0.0 < p < 1.0:

@@ -76,6 +76,14 @@ class Experiment(ABC):
     name: str
     description: str
     metrics: dict[str, bool]  # metric name -> higher is better; the report tabulates these
+    scales: tuple[str, ...] = SCALES  # the scales ``plan`` accepts (an experiment may add e.g. "smoke")
+    x_param: str | None = None  # a numeric grid parameter the report plots final metrics against (e.g. "size")
+    x_label: str | None = None  # that axis's label in the plots (default: x_param)
+    device: str = "auto"  # where ``run`` trains: "auto" (a GPU when there is one), "cpu", "cuda"...; the CLI sets it
+
+    def reference(self, arm: str, params: dict[str, Any], metric: str) -> float | None:
+        """The published value of ``metric`` for ``arm`` at grid point ``params``, shown beside ours (None: none)."""
+        return None
 
     @abstractmethod
     def plan(self, scale: str, seeds: int, sizes: list[int] | None = None) -> list[RunSpec]:
