@@ -25,6 +25,9 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--preset", default=S, help="preset for 'all' and bare family names (default tiny)")
     p.add_argument("--name", default=S, help="report title (default: the suite's name)")
     p.add_argument("--out-dir", default=S, help="report directory (default runs/compare-NAME)")
+    p.add_argument("--seeds", type=int, default=S, metavar="N",
+                   help="train every model N times, with seeds SEED, SEED+1, ...; the report gives the mean ± 95 %% "
+                        "interval over seeds (default 1)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=S)
     from ..cli import train_option_help, train_option_type
 
@@ -39,8 +42,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 def cmd_compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from ..cli import _parse_overrides
     from ..bench.suites import load_suite
+    from ..cli import _parse_overrides
     from .report import write_report
     from .run import CompareConfig, run_compare
 

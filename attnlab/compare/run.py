@@ -1,12 +1,17 @@
 """``attnlab compare``: train several models on identical data, tokenizer, token budget, seed and schedule.
 
 Each model trains through ``attnlab.training.train`` in its own run directory under the report directory
-(``runs/<label>/``), so every run is a normal, resumable attnlab run. Re-running the same compare resumes
-unfinished runs and reuses finished ones; the report is then rebuilt from the run directories.
+(``runs/<label>/``), so every run is a normal, resumable attnlab run. With ``seeds: N`` every model trains N
+times, with seeds ``seed``, ``seed + 1``, ...; the first seed's run keeps ``runs/<label>/`` and the others go to
+``runs/<label>--seed-<S>/``, so a compare run with one seed is the first seed of one with more, and raising
+``seeds`` later trains only the new runs. Re-running the same compare resumes unfinished runs and reuses
+finished ones (a finished run's measurements are kept in its ``compare_outcome.json``, so it is not even
+loaded again); the report is then rebuilt from the run directories.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import statistics
 from dataclasses import dataclass, field
@@ -16,17 +21,18 @@ from typing import Any
 import torch
 from rich.console import Console
 
+from ..bench.env import environment
+from ..bench.memory import peak_memory_bytes, state_tensors
+from ..bench.runner import make_train_step, pick_device
+from ..bench.specs import ModelSpec, parse_model_specs, safe_name
 from ..errors import AttnlabError, ConfigError
 from ..io import write_json
 from ..options import Options
 from ..training.checkpoint import latest_checkpoint
 from ..training.config import TrainConfig
-from ..bench.env import environment
-from ..bench.memory import peak_memory_bytes, state_tensors
-from ..bench.runner import make_train_step, pick_device
-from ..bench.specs import ModelSpec, parse_model_specs, safe_name
 
 PER_MODEL_KEYS = ("model", "preset", "model_overrides", "out_dir", "resume")
+OUTCOME_FILE = "compare_outcome.json"  # a finished run's measurements, so a rerun reuses them
 
 
 @dataclass
@@ -41,8 +47,11 @@ class CompareConfig(Options):
     out_dir: str | None = None
     progress: bool = True
     description: str = ""
+    seeds: int = 1
 
     def __post_init__(self) -> None:
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise ConfigError(f"compare: seeds must be an integer >= 1, got {self.seeds!r}")
         if not isinstance(self.train, dict):
             raise ConfigError("compare: 'train' must be a mapping of training options")
         per_model = sorted(set(self.train) & set(PER_MODEL_KEYS))
@@ -55,10 +64,29 @@ class CompareConfig(Options):
     def run_dir(self) -> Path:
         return Path(self.out_dir or f"runs/compare-{self.name}")
 
-    def train_config(self, spec: ModelSpec, run_dir: Path) -> TrainConfig:
+    @property
+    def seed_values(self) -> list[int]:
+        """The seeds every model trains with: the shared ``seed`` (attnlab train's default when not given),
+        then the next ``seeds - 1`` integers."""
+        base = self.train.get("seed", _default_seed())
+        return [int(base) + i for i in range(self.seeds)]
+
+    def train_config(self, spec: ModelSpec, run_dir: Path, seed: int | None = None) -> TrainConfig:
         values = {"tensorboard": False, **self.train, "progress": self.progress, "model": spec.family,
                   "preset": spec.preset, "model_overrides": dict(spec.overrides), "out_dir": str(run_dir)}
+        if seed is not None:
+            values["seed"] = seed
         return TrainConfig.from_dict(values)
+
+
+def _default_seed() -> int:
+    return next(f.default for f in dataclasses.fields(TrainConfig) if f.name == "seed")
+
+
+def model_run_dir(report_dir: Path, label: str, seed: int, first_seed: int) -> Path:
+    """``runs/<label>/`` for the first seed (where a one-seed compare puts it), ``runs/<label>--seed-<S>/`` else."""
+    name = safe_name(label)
+    return report_dir / "runs" / (name if seed == first_seed else f"{name}--seed-{seed}")
 
 
 
@@ -69,6 +97,7 @@ class ModelOutcome:
     label: str
     family: str
     preset: str
+    seed: int | None = None
     run_dir: str | None = None
     error: str | None = None
     params: int | None = None
@@ -89,41 +118,111 @@ class ModelOutcome:
 
 @dataclass
 class CompareResult:
+    """Every run's outcome, in model order and, within a model, seed order (one per model with one seed)."""
+
     config: CompareConfig
     env: dict[str, Any]
     outcomes: list[ModelOutcome]
     report_dir: Path
 
+    @property
+    def seeds(self) -> list[int]:
+        return self.config.seed_values
+
+    def by_model(self) -> dict[str, list[ModelOutcome]]:
+        """Each model's outcomes (one per seed), models in the order given."""
+        groups: dict[str, list[ModelOutcome]] = {}
+        for o in self.outcomes:
+            groups.setdefault(o.label, []).append(o)
+        return groups
+
 
 def run_compare(cfg: CompareConfig, console: Console | None = None) -> CompareResult:
-    """Train (or resume, or reuse) every model; the report is written by ``report.write_report``."""
-    from ..training import train
+    """Train (or resume, or reuse) every model with every seed; the report is written by ``report.write_report``.
 
+    Seeds go round by round (every model with the first seed, then every model with the second...), so an
+    interrupted compare already holds complete rounds. A finished run is not trained or loaded again: its
+    measurements come back from its ``compare_outcome.json`` and its curves from its metrics file.
+    """
     console = console or Console(stderr=True)
     specs, skipped = parse_model_specs(cfg.models, cfg.preset)
     _check_trainable(specs)
     report_dir = cfg.run_dir
     _claim_report_dir(report_dir, cfg)
+    seeds = cfg.seed_values
+    results: dict[tuple[str, int], ModelOutcome] = {}
+    peak_memory: dict[str, int | None] = {}
+    total = len(specs) * len(seeds)
+    for round_, seed in enumerate(seeds):
+        for i, spec in enumerate(specs):
+            run_dir = model_run_dir(report_dir, spec.label, seed, seeds[0])
+            outcome = ModelOutcome(spec.label, spec.family, spec.preset, seed=seed, run_dir=str(run_dir))
+            where = f"seed {seed}, " if len(seeds) > 1 else ""
+            console.rule(f"[bold]{spec.label}[/] ({where}{round_ * len(specs) + i + 1}/{total})")
+            try:
+                tc = cfg.train_config(spec, run_dir, seed)
+                if _reuse_finished(outcome, run_dir, tc):
+                    console.print(f"{spec.label}: finished earlier, reusing {run_dir}")
+                else:
+                    # one peak-memory measurement per model (every seed builds the same model and batch)
+                    _train_one(outcome, run_dir, tc, console, measure_memory=peak_memory.get(spec.label) is None,
+                               sample=round_ == 0)
+                    if outcome.peak_mem_bytes is None:
+                        outcome.peak_mem_bytes = peak_memory.get(spec.label)
+                    _save_outcome(outcome, run_dir)
+                if peak_memory.get(spec.label) is None:
+                    peak_memory[spec.label] = outcome.peak_mem_bytes
+            except (AttnlabError, RuntimeError, ValueError) as exc:
+                lines = str(exc).strip().splitlines()
+                first = lines[0] if lines else ""
+                outcome.error = first if isinstance(exc, AttnlabError) else f"{type(exc).__name__}: {first}"
+                console.print(f"[red]{spec.label} failed: {outcome.error}[/]")
+            results[spec.label, seed] = outcome
     outcomes = [ModelOutcome(s.spec.label, s.spec.family, s.spec.preset, error=s.skipped) for s in skipped]
-    for i, spec in enumerate(specs):
-        run_dir = report_dir / "runs" / safe_name(spec.label)
-        outcome = ModelOutcome(spec.label, spec.family, spec.preset, run_dir=str(run_dir))
-        console.rule(f"[bold]{spec.label}[/] ({i + 1}/{len(specs)})")
-        try:
-            tc = cfg.train_config(spec, run_dir)
-            tc.resume = latest_checkpoint(run_dir) is not None
-            result = train(tc, console)
-            _read_run(outcome, run_dir)
-            outcome.train_minutes = result.elapsed_s / 60
-            outcome.peak_mem_bytes = train_step_peak_memory(run_dir, tc)
-            outcome.sample = sample_text(run_dir, tc)
-        except (AttnlabError, RuntimeError, ValueError) as exc:
-            lines = str(exc).strip().splitlines()
-            outcome.error = lines[0] if isinstance(exc, AttnlabError) else f"{type(exc).__name__}: {lines[0] if lines else ''}"
-            console.print(f"[red]{spec.label} failed: {outcome.error}[/]")
-        outcomes.append(outcome)
+    outcomes += [results[spec.label, seed] for spec in specs for seed in seeds]
     device = pick_device(cfg.train.get("device", "auto"))
     return CompareResult(cfg, environment(device), outcomes, report_dir)
+
+
+def _train_one(outcome: ModelOutcome, run_dir: Path, tc: TrainConfig, console: Console, *, measure_memory: bool,
+               sample: bool) -> None:
+    """Train (or resume) one run, then read its metrics; peak memory and a sample only where they are shown."""
+    from ..training import train
+
+    tc.resume = latest_checkpoint(run_dir) is not None
+    result = train(tc, console)
+    _read_run(outcome, run_dir)
+    outcome.train_minutes = result.elapsed_s / 60
+    if measure_memory:
+        outcome.peak_mem_bytes = train_step_peak_memory(run_dir, tc)
+    if sample:
+        outcome.sample = sample_text(run_dir, tc)
+
+
+# What compare_outcome.json keeps: the measurements that cost a model load or a generation to redo.
+SAVED_FIELDS = ("label", "seed", "steps", "train_minutes", "peak_mem_bytes", "sample")
+
+
+def _save_outcome(outcome: ModelOutcome, run_dir: Path) -> None:
+    write_json(run_dir / OUTCOME_FILE, {k: getattr(outcome, k) for k in SAVED_FIELDS})
+
+
+def _reuse_finished(outcome: ModelOutcome, run_dir: Path, tc: TrainConfig) -> bool:
+    """Fill ``outcome`` from a run that finished all ``tc.max_steps`` steps earlier; False when it has not (then
+    it is trained or resumed). A missing or unreadable outcome file just means the run is looked at again."""
+    try:
+        saved = json.loads((run_dir / OUTCOME_FILE).read_text())
+        finished = saved["steps"] >= tc.max_steps and saved["label"] == outcome.label and saved["seed"] == outcome.seed
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not finished or latest_checkpoint(run_dir) is None:
+        return False
+    _read_run(outcome, run_dir)
+    if outcome.steps != saved["steps"]:
+        return False
+    outcome.train_minutes, outcome.peak_mem_bytes = saved.get("train_minutes"), saved.get("peak_mem_bytes")
+    outcome.sample = saved.get("sample") or ""
+    return True
 
 
 def _check_trainable(specs: list[ModelSpec]) -> None:
