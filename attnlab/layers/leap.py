@@ -126,12 +126,12 @@ class LeapAttention(nn.Module):
         q, f, k, v = self.proj(x).split([heads * dim] + [kv_heads * dim] * 3, dim=-1)
         q = q.view(batch, seq, heads, dim).transpose(1, 2)
         f, k, v = (t.view(batch, seq, kv_heads, dim).transpose(1, 2) for t in (f, k, v))
-        scores = (f * k).sum(-1) * dim**-0.5  # (B, H_kv, T)
+        scores = torch.linalg.vecdot(f, k) * dim**-0.5  # (B, H_kv, T), without an f·k temporary
         if ctx.rope is not None:
             q, k = apply_rotary(q, *ctx.rope), apply_rotary(k, *ctx.rope)
         k_bar, v_bar = causal_additive(scores, torch.cat([k, v], -1), ctx, self.window, self.layer_idx).chunk(2, -1)
         q = q.view(batch, kv_heads, heads // kv_heads, seq, dim)
-        gate = torch.sigmoid((q * k_bar[:, :, None]).sum(-1, keepdim=True) * dim**-0.5)
+        gate = torch.sigmoid(torch.linalg.vecdot(q, k_bar[:, :, None]) * dim**-0.5)[..., None]
         y = merge_heads((gate * v_bar[:, :, None]).reshape(batch, heads, seq, dim))
         return self.out(y), (_importance_logits(scores, ctx) if ctx.output_attentions else None)
 

@@ -34,6 +34,41 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` of shape (batch, heads, seq, head_dim) by the (batch, seq, head_dim) angles."""
+    """Rotate ``x`` of shape (batch, heads, seq, head_dim) by the (batch, seq, head_dim) angles.
+
+    x·cos + rotate_half(x)·sin as x·cos plus the rotated halves added in place (``_Rotary``): no rotated copy, no
+    concatenation, and a backward of the same two passes (the transposed rotation) instead of autograd's
+    chain through chunk, neg and cat. Angles that need a gradient take the plain formula.
+    """
     cos, sin = cos[:, None].to(x.dtype), sin[:, None].to(x.dtype)
-    return x * cos + rotate_half(x) * sin
+    if cos.requires_grad or sin.requires_grad:
+        return x * cos + rotate_half(x) * sin
+    return _Rotary.apply(x, cos, sin)
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """[x1·c1 − x2·s1, x2·c2 + x1·s2] for the halves of the last axis (the rotation), or with ``transpose``
+    [x1·c1 + x2·s2, x2·c2 − x1·s1] (its transpose: the backward of the rotation)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    sin1, sin2, sign = sin[..., :half], sin[..., half:], 1.0
+    if transpose:
+        sin1, sin2, sign = sin2, sin1, -1.0
+    out = x * cos
+    out[..., :half].addcmul_(x2, sin1, value=-sign)
+    out[..., half:].addcmul_(x1, sin2, value=sign)
+    return out
+
+
+class _Rotary(torch.autograd.Function):
+    """RoPE of ``x`` by constant angles; the gradient is the rotation by the opposite angles."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, sin, transpose=True), None, None

@@ -31,6 +31,9 @@ from ..layers.ffn import build_ffn
 from ..layers.masks import attention_bias_mask
 from ..layers.norms import build_norm
 from ..layers.rotary import RotaryEmbedding, rope_inverse_frequencies
+from ..losses import chunked_cross_entropy
+from ..ops.dropout import route_dropouts
+from ..ops.linear import route_linears
 from .analysis_data import attention_entry
 from .config import AttnLabConfig
 from .hf_compat import CACHE_FIELD, GeneratesWithOwnCache, one_cache
@@ -208,20 +211,24 @@ def causal_lm_loss(
     labels: torch.Tensor | None,
     shift_labels: torch.Tensor | None = None,
     num_items_in_batch: int | torch.Tensor | None = None,
+    chunk_rows: int | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy, ignoring -100; at least fp32 (fp64 stays fp64 for reference tests).
 
     ``num_items_in_batch`` (passed by HF ``Trainer`` under gradient accumulation) turns the mean into a sum
-    divided by the number of target tokens in the whole accumulated batch.
+    divided by the number of target tokens in the whole accumulated batch. ``chunk_rows`` computes it
+    ``chunk_rows`` positions at a time (``attnlab.losses.chunked_cross_entropy``: no fp32 copy of the whole
+    logits), the opt-in for large vocabularies.
     """
     if shift_labels is None:
         shift_labels = F.pad(labels, (0, 1), value=-100)[..., 1:]
+    flat_logits, flat_targets = logits.flatten(0, -2), shift_labels.flatten().to(logits.device)
+    if chunk_rows:
+        return chunked_cross_entropy(flat_logits, flat_targets, chunk_rows=chunk_rows, divisor=num_items_in_batch)
     if logits.dtype not in (torch.float32, torch.float64):
-        logits = logits.float()
+        flat_logits = flat_logits.float()
     reduction = "mean" if num_items_in_batch is None else "sum"
-    loss = F.cross_entropy(
-        logits.flatten(0, -2), shift_labels.flatten().to(logits.device), ignore_index=-100, reduction=reduction
-    )
+    loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=-100, reduction=reduction)
     if num_items_in_batch is not None:
         loss = loss / torch.as_tensor(num_items_in_batch, device=loss.device)
     return loss
@@ -266,12 +273,17 @@ class AttnLabForCausalLM(GeneratesWithOwnCache, AttnLabPreTrainedModel, Generati
     backbone_inputs: tuple[str, ...] = ()  # forward() keywords handed on to the backbone (LSW: document_ids)
     output_class: type[CausalLMOutputWithPast] = CausalLMOutputWithPast
     attention_title = "Softmax attention"  # what the viz app calls the maps of output_attentions
+    # Positions per chunk of the LM loss (``causal_lm_loss``), or None for one ``F.cross_entropy``: set it on a
+    # model (``model.loss_chunk_rows = 4096``) to keep large-vocabulary logits from being copied to fp32 whole.
+    loss_chunk_rows: int | None = None
 
     def __init__(self, config: AttnLabConfig):
         super().__init__(config)
         self.model = self.backbone_class(config, self.build_mixer, self.build_block)
         # The head maps back from the embedding width: it is (optionally) the embedding matrix itself.
         self.lm_head = nn.Linear(self.model.embed_tokens.embedding_dim, config.vocab_size, bias=False)
+        route_linears(self)  # fp32 CPU layers through oneDNN where it is faster (attnlab.ops.linear)
+        route_dropouts(self)  # a cheaper dropout mask on the CPU (attnlab.ops.dropout)
         self.post_init()
 
     def build_mixer(self, config: AttnLabConfig, layer_idx: int) -> nn.Module:
@@ -404,7 +416,8 @@ class AttnLabForCausalLM(GeneratesWithOwnCache, AttnLabPreTrainedModel, Generati
         logits = self.lm_head(hidden)
         loss = lm_loss = None
         if has_labels:
-            loss = lm_loss = causal_lm_loss(logits, labels, shift_labels, kwargs.get("num_items_in_batch"))
+            loss = lm_loss = causal_lm_loss(logits, labels, shift_labels, kwargs.get("num_items_in_batch"),
+                                            self.loss_chunk_rows)
             for weight, value in auxiliary.values():
                 loss = loss + weight * value
         reported = {"lm_loss": lm_loss, **{name: value for name, (_, value) in auxiliary.items()}}
