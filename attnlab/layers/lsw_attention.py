@@ -1,14 +1,19 @@
-"""LSW attention: softmax attention over [registers; XL memory; segment] with reversed RoPE, in one SDPA call.
+"""LSW attention: softmax attention over [registers; XL memory; segment] with reversed RoPE.
 
 Key layout of every layer, left to right:
 
     R learned register slots | up to mem_len detached keys/values of earlier segments | the current segment
 
-One boolean mask per forward (``lsw_attention_mask``) says who sees what: registers are visible to every query
-(attention sinks, never queries themselves), a memory slot to the queries of its document while it holds a
-real token, and segment keys causally within a document. Keys are kept *before* RoPE in memory and rotated on
-every forward with reversed positions (the newest token is position 0), so the rotary code of recent tokens
-never depends on how much memory lies behind them.
+Registers are visible to every query (attention sinks, never queries themselves), a memory slot to the
+queries of its document while it holds a real token, and segment keys causally within a document. Keys are
+kept *before* RoPE in memory and rotated on every forward with reversed positions (the newest token is
+position 0), so the rotary code of recent tokens never depends on how much memory lies behind them.
+
+On the CPU the three parts are attended block by block and merged by log-sum-exp
+(``attnlab.ops.attention.blocks``): the segment with the flash kernel's causal flag, the memory behind a
+per-slot bias, the registers by two small matmuls. Elsewhere, and when the weights are asked for or dropout
+is on, one SDPA call reads the concatenated keys under one boolean mask per forward (``lsw_attention_mask``).
+Both compute the same function.
 """
 
 from __future__ import annotations
@@ -20,7 +25,8 @@ import torch
 from torch import nn
 from transformers.cache_utils import Cache
 
-from .attention import attend, merge_heads, split_heads
+from ..ops.attention.blocks import KeyBlock, Registers, block_attention, supported
+from .attention import attend, merge_heads, repeat_kv, split_heads
 from .context import MixerContext
 from .rotary import apply_rotary
 
@@ -75,13 +81,55 @@ def lsw_attention_mask(
 
 @dataclass
 class LSWContext(MixerContext):
-    """``MixerContext`` plus the reversed-RoPE angles of every non-register key.
+    """``MixerContext`` plus the reversed-RoPE angles of every non-register key and what decides visibility.
 
-    Here ``attn_mask`` is the full [registers; memory; segment] layout mask of ``lsw_attention_mask`` and
-    ``rope`` the angles of the queries; ``key_rope`` (cos, sin) covers [memory; segment] keys.
+    ``rope`` holds the angles of the queries (and of the segment's keys), ``key_rope`` (cos, sin) those of the
+    [memory; segment] keys. ``attn_mask`` stays None: the masks are built once per forward when a layer
+    first asks, the dense [registers; memory; segment] one (``layout_mask``) or the per-block biases
+    (``segment_bias``, ``memory_bias``). ``memory_valid`` (B, M), ``query_valid`` (B, T), ``memory_docs``,
+    ``query_docs``: which slots and tokens are real, and their document ids (None: all real, one document).
     """
 
     key_rope: tuple[torch.Tensor, torch.Tensor] | None = None
+    n_registers: int = 0
+    memory_valid: torch.Tensor | None = None
+    query_valid: torch.Tensor | None = None
+    memory_docs: torch.Tensor | None = None
+    query_docs: torch.Tensor | None = None
+
+    def layout_mask(self) -> torch.Tensor | None:
+        """The boolean [registers; memory; segment] mask of ``lsw_attention_mask`` (None: plain causal)."""
+        return self.once("lsw_layout_mask", lambda: lsw_attention_mask(
+            self.position_ids.shape[1], self.n_registers, self.memory_valid, self.query_valid, self.memory_docs,
+            self.query_docs))
+
+    def segment_bias(self, dtype: torch.dtype) -> torch.Tensor | None:
+        """Additive (B, 1, T, T) mask of the segment's keys, or None when the causal flag is exact."""
+        if self.query_valid is None and self.query_docs is None:
+            return None
+
+        def build() -> torch.Tensor:
+            seq = self.position_ids.shape[1]
+            visible = lsw_attention_mask(seq, 0, None, self.query_valid, None, self.query_docs)
+            return _bias(visible, dtype)
+
+        return self.once(("lsw_segment_bias", dtype), build)
+
+    def memory_bias(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Additive mask (B, 1, 1|T, M) of the memory slots and which query rows (B, 1, 1|T) see any."""
+
+        def build() -> tuple[torch.Tensor, torch.Tensor]:
+            visible = self.memory_valid[:, None, None, :]
+            if self.query_docs is not None and self.memory_docs is not None:
+                visible = visible & (self.memory_docs[:, None, None, :] == self.query_docs[:, None, :, None])
+            return _bias(visible, dtype), visible.any(-1)
+
+        return self.once(("lsw_memory_bias", dtype), build)
+
+
+def _bias(visible: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A boolean "may attend" mask as an additive one: 0 where visible, −inf where not."""
+    return torch.zeros(visible.shape, dtype=dtype, device=visible.device).masked_fill_(~visible, float("-inf"))
 
 
 class XLMemory(Cache):
@@ -123,6 +171,15 @@ class XLMemory(Cache):
     def store(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
         """Keep the newest slots of [memory; segment] keys (pre-RoPE) and values, shape (B, H, M+T, D)."""
         self.keys[layer_idx], self.values[layer_idx] = self._keep(keys, 2), self._keep(values, 2)
+
+    def append(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """``store`` of [this layer's memory; the segment's keys (pre-RoPE) and values (B, H, T, D)], without
+        concatenating when the segment alone fills the memory."""
+        old_keys, old_values = self.keys[layer_idx], self.values[layer_idx]
+        if old_keys is not None and (self.mem_len is None or keys.shape[2] < self.mem_len):
+            keys = torch.cat([old_keys.to(keys.dtype), keys], dim=2)
+            values = torch.cat([old_values.to(values.dtype), values], dim=2)
+        self.store(layer_idx, keys, values)
 
     def advance(self, valid: torch.Tensor, positions: torch.Tensor, docs: torch.Tensor) -> None:
         """After all layers stored theirs: append the segment's slot metadata (B, T) and count its tokens."""
@@ -208,10 +265,14 @@ class LSWAttention(nn.Module):
         # and stores nothing twice.
         cache, layer = ctx.cache, self.layer_idx
         memory = ctx.once(("lsw_memory", layer), lambda: cache.memory(layer)) if cache is not None else None
+        if cache is not None:
+            ctx.once(("lsw_store", layer), lambda: cache.append(layer, k, v))
+        dropout = self.dropout if self.training else 0.0
+        if not ctx.output_attentions and supported(q, dropout):
+            y = self._attend_blocks(q, k, v, memory, ctx)
+            return self.out(merge_heads(y)), None
         if memory is not None:
             k, v = torch.cat([memory[0].to(k.dtype), k], dim=2), torch.cat([memory[1].to(v.dtype), v], dim=2)
-        if cache is not None:
-            ctx.once(("lsw_store", layer), lambda: cache.store(layer, k, v))
         if ctx.rope is not None:
             q, k = self._rotate_with_registers(q, k, ctx)
         elif self.n_registers:
@@ -220,9 +281,36 @@ class LSWAttention(nn.Module):
             v = torch.cat([self.register_values.to(v.dtype)[None].expand(x.shape[0], -1, -1, -1), v], dim=2)
 
         # [q_rot | q] doubles the query width when registers ride along; the scale stays that of one head.
-        y, weights = attend(q, k, v, ctx, scale=self.head_dim**-0.5, dropout=self.dropout if self.training else 0.0)
-        y = merge_heads(y)
-        return self.out(y), weights
+        mask = ctx.layout_mask()
+        y, weights = attend(q, k, v, ctx, mask=mask, scale=self.head_dim**-0.5, dropout=dropout)
+        return self.out(merge_heads(y)), weights
+
+    def _attend_blocks(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, memory: tuple[torch.Tensor, torch.Tensor] | None,
+        ctx: LSWContext,
+    ) -> torch.Tensor:
+        """The same attention block by block (``block_attention``): the segment causally (or under its padding
+        and document bias), the memory under its slot bias, the registers with the unrotated query."""
+        heads = self.n_heads
+        q_tokens = apply_rotary(q, *ctx.rope) if ctx.rope is not None else q
+        k_tokens = apply_rotary(k, *ctx.rope) if ctx.rope is not None else k
+        bias = ctx.segment_bias(q.dtype)
+        blocks = [KeyBlock(repeat_kv(k_tokens, heads), repeat_kv(v, heads), causal=bias is None, bias=bias)]
+        if memory is not None:
+            k_memory, v_memory = memory[0].to(k.dtype), memory[1].to(v.dtype)
+            if ctx.rope is not None:
+                slots = k_memory.shape[2]
+                cos, sin = ctx.key_rope
+                k_memory = apply_rotary(k_memory, cos[:, :slots], sin[:, :slots])
+            memory_bias, has_keys = ctx.memory_bias(q.dtype)
+            blocks.append(KeyBlock(repeat_kv(k_memory, heads), repeat_kv(v_memory, heads), bias=memory_bias,
+                                   has_keys=has_keys))
+        registers = None
+        if self.n_registers:
+            groups = heads // self.n_kv_heads
+            registers = Registers(q, self.register_keys.repeat_interleave(groups, dim=0),
+                                  self.register_values.repeat_interleave(groups, dim=0))
+        return block_attention(q_tokens, blocks, scale=self.head_dim**-0.5, registers=registers)
 
     def _rotate_with_registers(
         self, q: torch.Tensor, k: torch.Tensor, ctx: LSWContext

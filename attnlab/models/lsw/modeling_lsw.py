@@ -13,7 +13,7 @@ from torch import nn
 from transformers import initialization as init
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ...layers.lsw_attention import LSWAttention, LSWContext, XLMemory, lsw_attention_mask, reversed_positions
+from ...layers.lsw_attention import LSWAttention, LSWContext, XLMemory, reversed_positions
 from ...layers.norms import build_norm
 from ...layers.rotary import RotaryEmbedding
 from ...losses import simctg_loss
@@ -65,30 +65,33 @@ class LSWBackbone(Backbone):
         output_attentions: bool,
         document_ids: torch.Tensor | None = None,
     ) -> LSWContext:
-        """The layout mask over [registers; memory; segment] and the reversed-RoPE angles, once per forward."""
+        """The reversed-RoPE angles and what decides who sees what; the layers build their masks from it."""
         if cache is not None and not isinstance(cache, XLMemory):
             raise TypeError(f"LSW models keep their memory in an XLMemory (model.make_cache()), got {type(cache)}")
         seq = position_ids.shape[1]
         memory_valid = cache.valid if cache is not None else None
         query_valid = key_padding_mask[:, -seq:] if key_padding_mask is not None else None
         memory_docs = cache.docs if cache is not None and document_ids is not None else None
-        mask = lsw_attention_mask(seq, self.config.n_registers, memory_valid, query_valid, memory_docs, document_ids)
         rope = key_rope = None
         if self.rotary is not None:
             newest = position_ids.max(dim=-1).values
             rope = key_rope = self.rotary(reversed_positions(position_ids, newest))
             if memory_valid is not None:
-                key_positions = torch.cat([cache.positions, position_ids], dim=1)
-                key_rope = self.rotary(reversed_positions(key_positions, newest))
+                key_rope = self.rotary(reversed_positions(cache.positions, newest))
+                key_rope = (torch.cat([key_rope[0], rope[0]], dim=1), torch.cat([key_rope[1], rope[1]], dim=1))
         return LSWContext(
             position_ids=position_ids,
             rope=rope,
             key_rope=key_rope,
-            attn_mask=mask,
             key_padding_mask=key_padding_mask,
             cache=cache,
             past_length=cache.get_seq_length() if cache is not None else 0,
             output_attentions=output_attentions,
+            n_registers=self.config.n_registers,
+            memory_valid=memory_valid,
+            query_valid=query_valid,
+            memory_docs=memory_docs,
+            query_docs=document_ids,
         )
 
     def finish(self, x: torch.Tensor, ctx: LSWContext, document_ids: torch.Tensor | None = None) -> torch.Tensor:
