@@ -63,8 +63,10 @@ def test_train_eval_generate_end_to_end(tmp_path, capsys):
     corpus.write_text("to be or not to be, that is the question\n" * 300)
     run = tmp_path / "run"
     config = tmp_path / "cfg.yaml"
+    # fp32: at lr 0.01 this tiny model's trajectory is chaotic, and under bf16 autocast (what `dtype: auto` picks
+    # on a CPU with native bf16) some seeds stall on a plateau; bf16 training is tested in test_precision.py.
     config.write_text("preset: debug\nmax_steps: 200\nbatch_size: 8\nblock_size: 32\nlr: 0.01\n"
-                      "warmup_steps: 3\neval_interval: 200\nsample_tokens: 0\nprogress: false\n")
+                      "warmup_steps: 3\neval_interval: 200\nsample_tokens: 0\nprogress: false\ndtype: float32\n")
     assert main(["train", "--config", str(config), "--data", str(corpus), "--out-dir", str(run),
                  "--set", "n_heads=2", "--no-tensorboard"]) == 0
     assert json.loads((run / "config.json").read_text())["n_heads"] == 2

@@ -49,9 +49,11 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def options(corpus: Path, out_dir: Path, **overrides) -> dict:
+    """Sharded and unsharded training are compared in fp32 (``dtype: auto`` would pick bf16 autocast on a
+    CPU with native bf16, whose per-process matmuls round differently)."""
     values = dict(model="gpt", preset="debug", data=str(corpus), batch_size=4, block_size=32, max_steps=STEPS,
                   warmup_steps=1, eval_interval=STEPS, eval_tokens=512, log_interval=1, sample_tokens=0,
-                  out_dir=str(out_dir), progress=False, tensorboard=False, device="cpu", seed=5)
+                  out_dir=str(out_dir), progress=False, tensorboard=False, device="cpu", seed=5, dtype="float32")
     values.update(overrides)
     return values
 

@@ -34,7 +34,8 @@ def corpus(tmp_path_factory) -> Path:
 
 
 def config(corpus, out_dir, **overrides) -> TrainConfig:
-    values = dict(
+    """fp32 unless a test asks otherwise: these tests compare runs that must compute the same numbers."""
+    values = dict(dtype="float32", 
         model="gpt", preset="debug", data=str(corpus), batch_size=4, block_size=32, max_steps=8,
         warmup_steps=2, lr=3e-3, eval_interval=4, eval_tokens=1024, log_interval=2, sample_tokens=0,
         out_dir=str(out_dir), progress=False, tensorboard=False, seed=7,
@@ -163,7 +164,8 @@ def test_ddp_two_gloo_processes_match_one_process(corpus, tmp_path, model):
     """Each rank takes its own rows of the global batch (for LSW: its own streams and their XL memory)."""
     common = [*model, "--preset", "debug", "--data", str(corpus), "--block-size", "32",
               "--max-steps", "4", "--warmup-steps", "1", "--eval-interval", "4", "--eval-tokens", "512",
-              "--sample-tokens", "0", "--no-progress", "--no-tensorboard", "--device", "cpu", "--seed", "5"]
+              "--sample-tokens", "0", "--no-progress", "--no-tensorboard", "--device", "cpu", "--seed", "5",
+              "--dtype", "float32"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                     "29533", "-m", "attnlab", "train", *common, "--batch-size", "2",

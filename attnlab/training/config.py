@@ -11,7 +11,7 @@ from ..errors import ConfigError
 from ..options import Options, option
 from .fsdp import FSDP_INIT, MIXED_PRECISION
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")
 OPTIMIZERS = ("adamw", "sophia")
 ACTIVATION_CHECKPOINTING = ("none", "full", "selective")  # attnlab.models.checkpointing.MODES
 PARALLEL = ("ddp", "fsdp")
@@ -121,7 +121,11 @@ class TrainConfig(Options):
         "run keeps only the adapter, which `attnlab generate`/`eval` apply to the source)", group=FINETUNING,
     )
     device: str = option("auto", "auto, cpu, cuda, cuda:1, mps", group=RUNTIME, metavar="DEVICE")
-    dtype: str = option("float32", "`float32`, or `bfloat16` autocast", group=RUNTIME, metavar="DTYPE")
+    dtype: str = option(
+        "auto", "`auto`: bf16 autocast where the device computes bf16 natively (AVX-512 BF16/AMX CPUs, Ampere+ "
+        "GPUs) and the family is tested stable under it, else float32 (the run says which and why); `float32`; "
+        "or `bfloat16` autocast", group=RUNTIME, metavar="DTYPE",
+    )
     compile: bool = option(False, "`torch.compile` the model", group=RUNTIME)
     activation_checkpointing: str = option(
         "none", "recompute block activations in the backward instead of keeping them: `none`, `full` (every "

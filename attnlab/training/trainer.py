@@ -34,6 +34,7 @@ from transformers.utils import logging as hf_logging
 
 from ..errors import AttnlabError, ConfigError, CorruptFileError, TrainingInterrupted, WriteError
 from ..evaluation import autocast_context, evaluate
+from ..precision import dtype_name, resolve_dtype
 from ..io import write_json
 from ..loading import load_config, load_tokenizer, read_run_file
 from ..models import build_config, get_family
@@ -396,6 +397,7 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ loop
     def fit(self) -> TrainResult:
         cfg, main = self.cfg, self.info.is_main
+        self._resolve_precision()
         if main:
             self._write_run_files()
             self._announce()
@@ -628,6 +630,12 @@ class Trainer:
             model = merged_copy(model) if self.cfg.merge else None
         export_model(self.run_dir, model, self.data.tokenizer)
 
+    def _resolve_precision(self) -> None:
+        """Turn ``dtype: auto`` into what this device and family train in (``attnlab.precision``). The saved
+        ``train_config.json`` holds the resolved dtype, so evaluating the run later repeats it."""
+        autocast, self.precision = resolve_dtype(self.cfg.dtype, self.family, self.device)
+        self.cfg.dtype = dtype_name(autocast)
+
     def _write_run_files(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json(self.run_dir / "train_config.json", self.cfg.to_dict())
@@ -641,6 +649,7 @@ class Trainer:
                 "world_size": self.info.world_size,
                 "parallel": self._parallel(),
                 "device": str(self.device),
+                "precision": self.precision,
                 "data": self.data.meta,
                 "torch": torch.__version__,
             },
@@ -684,6 +693,7 @@ class Trainer:
             f"{len(self.data.train):,} train / {len(self.data.val):,} val tokens, "
             f"{self.tokens_per_step:,} tokens/step × {cfg.max_steps} steps → {self.run_dir}"
         )
+        self.console.print(f"precision: {escape(self.precision)}")
         for warning in self._data_warnings():
             self.console.print(f"[yellow]warning:[/] {warning}")
 
