@@ -575,7 +575,7 @@ def write_plots(experiment: Experiment, results: dict[str, Any], folder: Path) -
                         _band(ax, [p["x"] for p in r["points"]], [p["mean"] for p in r["points"]],
                               [p["ci95"] for p in r["points"]], arm, colors[arm])
             ax.set_title(_point_label(json.loads(panel)), fontsize=9)
-            ax.set_xlabel("training step")
+            ax.set_xlabel(getattr(experiment, "curve_x", None) or "training step")
             ax.set_ylabel(metric)
             ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
