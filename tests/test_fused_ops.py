@@ -112,6 +112,32 @@ def test_onednn_linear_matches_fp64_forward_and_backward(monkeypatch, shape, out
     torch.testing.assert_close(layer.bias.grad.double(), ref_layer.bias.grad, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.skipif(fast_linear._ONEDNN is None or not torch.backends.mkldnn.is_available(), reason="no oneDNN")
+def test_onednn_linear_takes_strided_inputs_and_gradients(monkeypatch):
+    """A column slice as input, and two layers whose outputs are concatenated (each gets a strided half of the
+    gradient): the values and gradients of F.linear. (oneDNN's kernels for such strides were 600× slower,
+    hence the copies to contiguous inside; the bench catches the speed, this the values.)"""
+    monkeypatch.setattr(fast_linear, "MIN_WEIGHTS", 0)
+    wide = torch.randn(6, 40, requires_grad=True)
+    first, second = fast_linear.Linear(16, 8), fast_linear.Linear(16, 8)
+    old = fast_linear._backend
+    fast_linear.set_backend("onednn")
+    try:
+        y = torch.cat([first(wide[:, :16]), second(wide[:, 20:36])], dim=-1)
+        g = torch.randn_like(y)
+        y.backward(g)
+    finally:
+        fast_linear.set_backend(old)
+    ref_wide = wide.detach().clone().requires_grad_()
+    w1, w2 = (layer.weight.detach().clone().requires_grad_() for layer in (first, second))
+    ref = torch.cat([F.linear(ref_wide[:, :16], w1, first.bias), F.linear(ref_wide[:, 20:36], w2, second.bias)], -1)
+    ref.backward(g)
+    torch.testing.assert_close(y, ref)
+    torch.testing.assert_close(wide.grad, ref_wide.grad)
+    torch.testing.assert_close(first.weight.grad, w1.grad)
+    torch.testing.assert_close(second.weight.grad, w2.grad)
+
+
 def test_linear_backend_switch_and_fallbacks():
     with pytest.raises(ValueError, match="linear backend"):
         fast_linear.set_backend("mkl")

@@ -79,15 +79,15 @@ class _Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        flat = x.reshape(-1, x.shape[-1])
-        ctx.save_for_backward(flat, weight)
+        flat = x.reshape(-1, x.shape[-1]).contiguous()  # a strided view (a column slice) sends oneDNN to a
+        ctx.save_for_backward(flat, weight)  # reference kernel hundreds of times slower; a copy costs microseconds
         ctx.has_bias, ctx.shape = bias is not None, x.shape
         return _call(flat, weight, bias).view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         flat, weight = ctx.saved_tensors
-        grad = grad.reshape(-1, weight.shape[0])
+        grad = grad.reshape(-1, weight.shape[0]).contiguous()  # e.g. the gradient of one half of a concatenation
         grad_x = grad_weight = grad_bias = None
         if ctx.needs_input_grad[0]:
             grad_x = _call(grad, weight.t()).view(ctx.shape)
