@@ -160,7 +160,11 @@ def test_family_suites_schedule_what_the_issues_ask():
     specs = {s.label: s for s in parse_model_specs(leap.models)[0]}
     assert leap.plan(specs["leap-k4"]).jobs() == [("train", 4096), ("train", 16384)]
     assert leap.plan(specs["gpt"]).jobs()[-1] == ("decode_cache", 8192)
-    assert {t["max"] for t in leap.targets} >= {20, 1.3}
+    assert {t.get("max") for t in leap.targets} >= {20, 1.3}
+    theirs = [t for t in leap.targets if t["value"].startswith("leap-transformer")]  # ours ≥ 1.5× theirs
+    assert [(t["over"], t["min"], t["paired"]) for t in theirs] == [
+        (f"leap-paper train {n}", 1.5, True) for n in (512, 2048, 8192)]
+    assert specs["leap-transformer"].reference == "leap-transformer" and specs["leap-transformer"].family == "leap"
     dat = BenchConfig.from_dict(load_suite("dat", "bench"))
     authors = [s for s in parse_model_specs(dat.models)[0] if s.label == "dat-authors"][0]
     assert authors.reference == "dual-attention" and authors.family == "dat"
@@ -263,6 +267,61 @@ def test_the_authors_dat_runs_beside_ours_at_the_same_config():
     met, not_measured = result.targets
     assert met["status"] == "met" and met["ratio"] == theirs["time_median_s"] / ours["time_median_s"]
     assert not_measured["status"] == "not measured" and "n/a: no KV cache" in not_measured["reason"]
+
+
+def test_leap_transformer_runs_beside_ours_at_the_same_dimensions():
+    pytest.importorskip("leap")
+    models = ["leap:debug", {"label": "theirs", "model": "leap-transformer", "preset": "debug",
+                             "model_overrides": {"window_sizes": [16, 4, None]}},
+              {"label": "rope", "model": "leap-transformer", "preset": "debug", "model_overrides": {"pos": "rope"}}]
+    targets = [{"name": "theirs / ours", "value": "theirs train 16", "over": "leap:debug train 16", "min": 0}]
+    result = run_bench(tiny_config(models=models, match="none", targets=targets))
+    rows = {(r["model"], r["kind"]): r for r in result.rows}
+    theirs = rows["theirs", "train"]
+    assert theirs["status"] == "ok" and theirs["implementation"] == "leap-transformer 1.0.1"
+    assert theirs["family"] == "leap" and theirs["d_model"] == rows["leap:debug", "train"]["d_model"] == 32
+    assert rows["theirs", "decode_cache"]["status"] == "n/a: no recurrent state in leap-transformer"
+    assert rows["theirs", "decode_nocache"]["status"] == "ok"
+    (skipped,) = result.skipped
+    assert skipped["model"] == "rope" and "no leap-transformer twin" in skipped["reason"] and "pos='rope'" in skipped["reason"]
+    assert result.targets[0]["status"] == "met"
+
+
+def test_leap_transformer_gets_our_windows_and_context():
+    from attnlab.models.leap.reference import reference_kwargs
+
+    config = build_config("leap", "paper", window_sizes=[2048, 4, 8, 16, None, 4], block_size=8192, vocab_size=256)
+    kwargs = reference_kwargs(config)
+    assert kwargs["window_sizes"] == [2048, 4, 8, 16, 8192, 4] and kwargs["n_positions"] == 8192
+    assert reference_kwargs(build_config("leap", "debug", use_local_att=False))["use_local_att"] is False
+
+
+def test_hf_gpt2_is_our_gpt_baseline_in_transformers():
+    """Our GPT's weights in transformers' GPT2LMHeadModel (Conv1D stores Wᵀ) give the same logits."""
+    from attnlab.models.gpt.reference import build_gpt2
+
+    config = build_config("gpt", "debug", vocab_size=256, dropout=0.0)
+    torch.manual_seed(0)
+    ours = create_model("gpt", "debug", vocab_size=256, dropout=0.0).double().eval()
+    theirs = build_gpt2(config).double().eval()
+    backbone, sd = ours.model, {}
+    sd["transformer.wte.weight"] = backbone.embed_tokens.weight
+    sd["transformer.wpe.weight"] = backbone.embed_positions.weight
+    for i, block in enumerate(backbone.layers):
+        p = f"transformer.h.{i}."
+        for name, module in [("ln_1", block.mixer_norm), ("ln_2", block.ffn_norm)]:
+            sd[p + name + ".weight"], sd[p + name + ".bias"] = module.weight, module.bias
+        for name, linear in [("attn.c_attn", block.mixer.qkv), ("attn.c_proj", block.mixer.out),
+                             ("mlp.c_fc", block.ffn.up), ("mlp.c_proj", block.ffn.down)]:
+            sd[p + name + ".weight"], sd[p + name + ".bias"] = linear.weight.T, linear.bias
+    sd["transformer.ln_f.weight"], sd["transformer.ln_f.bias"] = backbone.norm.weight, backbone.norm.bias
+    theirs.load_state_dict(sd, strict=False)
+    theirs.tie_weights()
+    ids = torch.randint(0, 256, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(theirs(ids, use_cache=False).logits, ours(ids).logits, rtol=1e-10, atol=1e-10)
+    with pytest.raises(ConfigError, match="no GPT-2 twin.*pos='rope'"):
+        build_gpt2(build_config("gpt", "debug", pos="rope"))
 
 
 # ----------------------------------------------------------------------------------------- compare

@@ -1,4 +1,9 @@
-"""Reference implementations benchmarked beside ours: another package's model at our config's numerics.
+"""Reference implementations benchmarked beside ours: another package's model at our config's dimensions.
+
+``dual-attention`` (the DAT authors' package) is built at equal numerics: our weights converted from theirs give
+the same logits. ``leap-transformer`` computes a different LEAP (``attnlab.models.leap.reference`` lists how)
+at the same width, depth, heads, windows and context. ``hf-gpt2`` is transformers' GPT-2 at our GPT
+baseline's size (``attnlab.models.gpt.reference``).
 
 A spec ``NAME[:preset[:key=value,...]]`` whose NAME is in ``REFERENCES`` resolves its config exactly like
 the family the reference reimplements (same presets, overrides and matching), then the reference's
@@ -19,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -126,6 +132,30 @@ def _call_dual_attention(model: nn.Module, x: torch.Tensor, targets: torch.Tenso
     return model(x, targets)
 
 
+# ------------------------------------------------------------------------------------- leap-transformer
+def _build_leap_transformer(config: AttnLabConfig) -> nn.Module:
+    from ..models.leap.reference import build_reference_model
+
+    return build_reference_model(config)
+
+
+def _call_logits_then_loss(model: nn.Module, x: torch.Tensor, targets: torch.Tensor | None):
+    """``model(x).logits``, and the next-token loss computed from them here, as a training loop around the
+    model would (leap-transformer's own ``labels`` shift inside and know no ignore index). No cache is kept."""
+    logits = model(x, use_cache=False).logits
+    loss = None
+    if targets is not None:
+        loss = F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=IGNORE_INDEX)
+    return logits, loss
+
+
+# ------------------------------------------------------------------------------------------- hf-gpt2
+def _build_gpt2(config: AttnLabConfig) -> nn.Module:
+    from ..models.gpt.reference import build_gpt2
+
+    return build_gpt2(config)
+
+
 REFERENCES: dict[str, Reference] = {
     "dual-attention": Reference(
         name="dual-attention",
@@ -136,5 +166,25 @@ REFERENCES: dict[str, Reference] = {
         build=_build_dual_attention,
         call=_call_dual_attention,
         unsupported={"decode_cache": "n/a: no KV cache in dual-attention"},
+    ),
+    "leap-transformer": Reference(
+        name="leap-transformer",
+        family="leap",
+        module="leap",
+        distribution="leap-transformer",
+        install="pip install --no-deps leap-transformer==1.0.1",
+        build=_build_leap_transformer,
+        call=_call_logits_then_loss,
+        unsupported={"decode_cache": "n/a: no recurrent state in leap-transformer"},
+    ),
+    "hf-gpt2": Reference(
+        name="hf-gpt2",
+        family="gpt",
+        module="transformers.models.gpt2",
+        distribution="transformers",
+        install="pip install transformers",
+        build=_build_gpt2,
+        call=_call_logits_then_loss,
+        unsupported={"decode_cache": "n/a: references are timed without a cache"},
     ),
 }
