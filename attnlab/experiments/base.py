@@ -14,7 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from ..errors import ConfigError
 
 SCALES = ("laptop", "paper")
 
@@ -80,6 +82,17 @@ class Experiment(ABC):
     x_param: str | None = None  # a numeric grid parameter the report plots final metrics against (e.g. "size")
     x_label: str | None = None  # that axis's label in the plots (default: x_param)
     device: str = "auto"  # where ``run`` trains: "auto" (a GPU when there is one), "cpu", "cuda"...; the CLI sets it
+    settings: ClassVar[dict[str, Any]] = {}  # per scale, what the experiment trains with (read through ``scale_settings``)
+
+    def check_scale(self, scale: str) -> None:
+        """A ``ConfigError`` naming the experiment's scales when ``scale`` is not one of them."""
+        if scale not in self.scales:
+            raise ConfigError(f"{self.name} has no scale {scale!r}; choose one of {', '.join(self.scales)}")
+
+    def scale_settings(self, scale: str) -> Any:
+        """This experiment's ``settings`` at ``scale``, once ``scale`` is checked."""
+        self.check_scale(scale)
+        return self.settings[scale]
 
     def reference(self, arm: str, params: dict[str, Any], metric: str) -> float | None:
         """The published value of ``metric`` for ``arm`` at grid point ``params``, shown beside ours (None: none)."""

@@ -123,8 +123,7 @@ class LanguageModelling(Experiment):
 
     # -------------------------------------------------------------------------------------- the contract
     def _setup(self, scale: str) -> Setup:
-        if scale not in self.scales:
-            raise ConfigError(f"{self.name} has no scale {scale!r}; choose one of {', '.join(self.scales)}")
+        self.check_scale(scale)
         s = self.setup(scale)
         if self.data is not None:
             s = Setup(s.arms, {**s.train, "data": self.data}, s.epochs, s.test, s.keep_weights, s.notes)

@@ -91,21 +91,17 @@ class MathProblems(Experiment):
                    "DAT, the DAT paper's math models.")
     metrics = {"char_acc": True, "exact_match": True, "train_loss": False}
     scales = ("laptop", "paper", "smoke")
-
-    def _scale(self, scale: str) -> dict[str, Any]:
-        if scale not in SCALES:
-            raise ConfigError(f"{self.name} has no scale {scale!r}; choose one of {', '.join(SCALES)}")
-        return SCALES[scale]
+    settings = SCALES
 
     def plan(self, scale: str, seeds: int, sizes: list[int] | None = None) -> list[RunSpec]:
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         if sizes:
             raise ConfigError("the math experiment has no grid of sizes (its budget is in training steps)")
         return [RunSpec(arm, seed, {"module": module})
                 for module in s["modules"] for seed in range(seeds) for arm in s["arms"]]
 
     def claims(self, scale: str, sizes: list[int] | None = None) -> list[Claim]:
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         claims = []
         for module in s["modules"]:
             early, late = PAPER[module]["epoch 5"], PAPER[module]["epoch 100"]
@@ -136,7 +132,7 @@ class MathProblems(Experiment):
 
         import attnlab
 
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         n_train, steps, evals = self._budget(s)
         arms = {}
         for arm, preset in s["arms"].items():
@@ -156,7 +152,7 @@ class MathProblems(Experiment):
     def run(self, spec: RunSpec, scale: str, out_dir: Path, progress: Progress) -> RunResult:
         import attnlab
 
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         n_train, steps, evals = self._budget(s)
         splits = mp.make_splits(spec.params["module"], n_train, s["n_test"], seed=spec.seed)
         train_data, test_data = encode(splits["train"]), encode(splits["interpolate"])

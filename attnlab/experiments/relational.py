@@ -19,7 +19,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
 from . import relational_games as rg
 from .base import Claim, Experiment, Progress, RunResult, RunSpec
 from .training import (
@@ -85,22 +84,18 @@ class RelationalGames(Experiment):
                    "out-of-distribution hexominoes and stripes.")
     metrics = {"accuracy": True, "accuracy_hexominoes": True, "accuracy_stripes": True, "train_loss": False}
     scales = ("laptop", "paper", "smoke")
+    settings = SCALES
     x_param = "size"
     x_label = "training images"
 
-    def _scale(self, scale: str) -> dict[str, Any]:
-        if scale not in SCALES:
-            raise ConfigError(f"{self.name} has no scale {scale!r}; choose one of {', '.join(SCALES)}")
-        return SCALES[scale]
-
     def plan(self, scale: str, seeds: int, sizes: list[int] | None = None) -> list[RunSpec]:
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         return [RunSpec(arm, seed, {"task": task, "size": size})
                 for task in s["tasks"] for size in _task_sizes(s, task, sizes)
                 for seed in range(seeds) for arm in ARMS]
 
     def claims(self, scale: str, sizes: list[int] | None = None) -> list[Claim]:
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         claims = []
         for task in s["tasks"]:
             grid = _task_sizes(s, task, sizes)
@@ -137,7 +132,7 @@ class RelationalGames(Experiment):
     def configs(self, scale: str) -> dict[str, Any]:
         import attnlab
 
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         arms = {}
         for arm, preset in ARMS.items():
             config = attnlab.build_config("dat-vision", preset, **s["model"])
@@ -155,7 +150,7 @@ class RelationalGames(Experiment):
     def run(self, spec: RunSpec, scale: str, out_dir: Path, progress: Progress) -> RunResult:
         import attnlab
 
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         task, size = spec.params["task"], int(spec.params["size"])
         splits = rg.make_splits(task, size, s["n_test"], seed=spec.seed)
         images, labels = rg.as_tensors(*splits["train"])

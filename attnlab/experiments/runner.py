@@ -65,11 +65,6 @@ def _display_path(path: Path) -> str:
         return str(path)
 
 
-def check_scale(experiment: Experiment, scale: str) -> None:
-    if scale not in experiment.scales:
-        raise ConfigError(f"{experiment.name} has no scale {scale!r}; choose one of {', '.join(experiment.scales)}")
-
-
 def _check_plan(experiment: Experiment, specs: list[RunSpec]) -> None:
     keys = [s.key for s in specs]
     if len(set(keys)) != len(keys):
@@ -188,7 +183,7 @@ def run_experiment(
     from rich.console import Console
 
     console = console or Console(stderr=True)
-    check_scale(experiment, scale)
+    experiment.check_scale(scale)
     if seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {seeds}")
     if sizes is not None and (not sizes or any(int(s) <= 0 for s in sizes)):

@@ -68,13 +68,9 @@ class VisionDigits(Experiment):
                    "parameters.")
     metrics = {"accuracy": True, "train_loss": False}
     scales = ("laptop", "paper", "smoke")
+    settings = SCALES
     x_param = "size"
     x_label = "training images"
-
-    def _scale(self, scale: str) -> dict[str, Any]:
-        if scale not in SCALES:
-            raise ConfigError(f"{self.name} has no scale {scale!r}; choose one of {', '.join(SCALES)}")
-        return SCALES[scale]
 
     @staticmethod
     def _sizes(s: dict[str, Any], sizes: list[int] | None) -> list[int]:
@@ -85,12 +81,12 @@ class VisionDigits(Experiment):
         return sizes
 
     def plan(self, scale: str, seeds: int, sizes: list[int] | None = None) -> list[RunSpec]:
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         return [RunSpec(arm, seed, {"size": size}) for size in self._sizes(s, sizes)
                 for seed in range(seeds) for arm in s["arms"]]
 
     def claims(self, scale: str, sizes: list[int] | None = None) -> list[Claim]:
-        grid = self._sizes(self._scale(scale), sizes)
+        grid = self._sizes(self.scale_settings(scale), sizes)
         source = ("paper: ViDAT beats ViT at matched size (ImageNet top-1 after the last epoch: ViDAT 0.617 vs "
                   "ViT 0.597); no digits experiment in the paper")
         claims = [Claim(text=f"ViDAT beats ViT (mean test accuracy over {len(grid)} training-set sizes)",
@@ -113,7 +109,7 @@ class VisionDigits(Experiment):
 
         import attnlab
 
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         arms = {}
         for arm, overrides in s["arms"].items():
             with torch.device("meta"):
@@ -129,7 +125,7 @@ class VisionDigits(Experiment):
     def run(self, spec: RunSpec, scale: str, out_dir: Path, progress: Progress) -> RunResult:
         import attnlab
 
-        s = self._scale(scale)
+        s = self.scale_settings(scale)
         train_set, test_set = image_sets.load_digits(test_fraction=0.2, seed=spec.seed)
         subset = train_set.first_per_class(int(spec.params["size"]) // 10)
         set_seed(spec.seed)
