@@ -13,8 +13,9 @@ from attnlab.layers.ffn import SwiGLU, swiglu
 from attnlab.layers.norms import RMSNorm, build_norm, rms_norm
 from attnlab.layers.rotary import RotaryEmbedding, apply_rotary, rotate_half
 from attnlab.ops import linear as fast_linear
-from attnlab.ops.dropout import LANES, Dropout, dropout, keep_mask, route_dropouts
 from attnlab.ops.attention.blocks import KeyBlock, Registers, block_attention, supported
+from attnlab.ops.cpu_layers import use_fast_cpu_layers
+from attnlab.ops.dropout import LANES, Dropout, dropout, keep_mask
 
 
 def f64(*shape, grad=True):
@@ -309,5 +310,6 @@ def test_models_route_their_dropouts_and_keep_their_state_dict():
     assert kinds == {Dropout}
     plain = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5))
     before = plain.state_dict()
-    route_dropouts(plain)
-    assert type(plain[1]) is Dropout and plain.state_dict().keys() == before.keys()
+    use_fast_cpu_layers(plain)
+    assert type(plain[0]) is fast_linear.Linear and type(plain[1]) is Dropout
+    assert plain.state_dict().keys() == before.keys()

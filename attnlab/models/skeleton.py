@@ -32,8 +32,7 @@ from ..layers.masks import attention_bias_mask
 from ..layers.norms import build_norm
 from ..layers.rotary import RotaryEmbedding, rope_inverse_frequencies
 from ..losses import chunked_cross_entropy
-from ..ops.dropout import route_dropouts
-from ..ops.linear import route_linears
+from ..ops.cpu_layers import use_fast_cpu_layers
 from .analysis_data import attention_entry
 from .config import AttnLabConfig
 from .hf_compat import CACHE_FIELD, GeneratesWithOwnCache, one_cache
@@ -282,8 +281,7 @@ class AttnLabForCausalLM(GeneratesWithOwnCache, AttnLabPreTrainedModel, Generati
         self.model = self.backbone_class(config, self.build_mixer, self.build_block)
         # The head maps back from the embedding width: it is (optionally) the embedding matrix itself.
         self.lm_head = nn.Linear(self.model.embed_tokens.embedding_dim, config.vocab_size, bias=False)
-        route_linears(self)  # fp32 CPU layers through oneDNN where it is faster (attnlab.ops.linear)
-        route_dropouts(self)  # a cheaper dropout mask on the CPU (attnlab.ops.dropout)
+        use_fast_cpu_layers(self)  # oneDNN dense layers, cheaper dropout masks (attnlab.ops.cpu_layers)
         self.post_init()
 
     def build_mixer(self, config: AttnLabConfig, layer_idx: int) -> nn.Module:

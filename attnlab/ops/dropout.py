@@ -63,10 +63,3 @@ class Dropout(nn.Dropout):
             return super().forward(x)
         return dropout(x, self.p, self.training)
 
-
-def route_dropouts(module: nn.Module) -> nn.Module:
-    """Make every plain ``nn.Dropout`` inside ``module`` a ``Dropout`` (in place; nothing else changes)."""
-    for sub in module.modules():
-        if type(sub) is nn.Dropout:
-            sub.__class__ = Dropout
-    return module

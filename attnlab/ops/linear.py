@@ -108,10 +108,3 @@ class Linear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)
 
-
-def route_linears(module: nn.Module) -> nn.Module:
-    """Make every plain ``nn.Linear`` inside ``module`` a ``Linear`` (in place; parameters untouched)."""
-    for sub in module.modules():
-        if type(sub) is nn.Linear:
-            sub.__class__ = Linear
-    return module
