@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -119,6 +118,7 @@ def main() -> None:
     if not (args.checkout / "src" / "model" / "modeling.py").is_file():
         parser.error(f"{args.checkout} has no src/model/modeling.py (a checkout of memory-transformer-pt4?)")
     torch.set_num_threads(args.threads)
+    from attnlab.bench.env import cpu_model
     from attnlab.cpu_memory import keep_freed_memory
 
     keep_freed_memory()  # as the attnlab command line does, for both models alike (no page faults per step)
@@ -132,23 +132,12 @@ def main() -> None:
         lines.append(f"| {name} | {row['ours_ms']:.1f} | {row['theirs_ms']:.1f} | {row['ratio']:.2f} |")
         print(lines[-1], flush=True)
     if args.out:
-        env = {"torch": torch.__version__, "threads": args.threads, "cpu": _cpu_name(), "rounds": args.rounds,
+        env = {"torch": torch.__version__, "threads": args.threads, "cpu": cpu_model(), "rounds": args.rounds,
                "steps": args.steps, "checkout": str(args.checkout)}
         args.out.write_text(json.dumps({"env": env, "results": results}, indent=1) + "\n")
         header = (f"Paired training steps, {env['cpu']}, {args.threads} threads, torch {env['torch']}, "
                   f"{args.rounds} rounds × {args.steps} steps; ratio: median over rounds of authors / attnlab.")
         args.out.with_suffix(".md").write_text(header + "\n\n" + "\n".join(lines) + "\n")
-
-
-def _cpu_name() -> str:
-    """The CPU's model name (Linux), else what ``platform`` knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":
