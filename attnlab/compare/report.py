@@ -99,15 +99,22 @@ def _sample_cell(text: str) -> str:
     return html.escape(text).replace("|", "&#124;").replace("\n", "<br>") or "(empty)"
 
 
-def markdown(result: CompareResult, with_plot: bool) -> str:
+def _head(result: CompareResult, plot_alt: str | None) -> list[str]:
+    """Title, description, the shared setup and, when there is one, the curves plot (``plot_alt``: its alt text)."""
     cfg = result.config
-    done = [o for o in result.outcomes if o.error is None]
     lines = [f"# attnlab compare: {cfg.name}", ""]
     if cfg.description:
         lines += [cfg.description.strip(), ""]
     lines += _setup_lines(result) + [""]
-    if with_plot:
-        lines += ["![validation loss and bits per byte](curves.png)", ""]
+    if plot_alt:
+        lines += [f"![{plot_alt}](curves.png)", ""]
+    return lines
+
+
+def markdown(result: CompareResult, with_plot: bool) -> str:
+    cfg = result.config
+    done = [o for o in result.outcomes if o.error is None]
+    lines = _head(result, "validation loss and bits per byte" if with_plot else None)
     lines += [f"| {' | '.join(HEADERS)} |", "|---|" + "---:|" * (len(HEADERS) - 1)]
     lines += [f"| {' | '.join(_cells(o))} |" for o in done]
     lines += ["", "Metrics are the last validation; tok/s is the median logged training throughput; peak memory is "
@@ -255,12 +262,8 @@ def _difference_line(d: dict[str, Any]) -> str:
 def seeds_markdown(result: CompareResult, summaries: list[ModelSummary], diffs: list[dict[str, Any]],
                    with_plot: bool) -> str:
     cfg = result.config
-    lines = [f"# attnlab compare: {cfg.name}", ""]
-    if cfg.description:
-        lines += [cfg.description.strip(), ""]
-    lines += _setup_lines(result) + [""]
-    if with_plot:
-        lines += ["![validation loss and bits per byte, mean over seeds with the 95 % interval](curves.png)", ""]
+    alt = "validation loss and bits per byte, mean over seeds with the 95 % interval"
+    lines = _head(result, alt if with_plot else None)
     lines += [f"| {' | '.join(SEED_HEADERS)} |", "|---|" + "---:|" * (len(SEED_HEADERS) - 1)]
     lines += [f"| {' | '.join(_summary_cells(s))} |" for s in summaries]
     lines += ["", f"Each value is the mean over the model's seeds ± the half-width of its 95 % Student-t interval "
